@@ -1,0 +1,92 @@
+//! The one error type of the pipeline crate, with a coarse [`ErrorKind`] that the worker maps to
+//! the job error codes of SPEC §4.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the pipeline crate.
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+/// What a client can do about an error (mapped once to the SPEC's error codes by the worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong (`INVALID_INPUT`).
+    InvalidInput,
+    /// A model file or config is unusable (`MODEL_INVALID`).
+    ModelInvalid,
+    /// The device ran out of memory (`OUT_OF_MEMORY`).
+    OutOfMemory,
+    /// The job was cancelled between steps (`CANCELLED`).
+    Cancelled,
+    /// Anything else (`INTERNAL`).
+    Internal,
+}
+
+/// Errors of the pipeline crate. Every variant that concerns a file names it.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The request has a value the pipeline cannot honour.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A model file is unreadable or is not what it claims to be.
+    #[error("model file {}: {reason}", path.display())]
+    ModelInvalid { path: PathBuf, reason: String },
+    /// A tensor in a model file is missing, mis-shaped or of an unusable dtype.
+    #[error("model file {}: tensor `{tensor}`: {reason}", path.display())]
+    TensorInvalid {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+    /// A model configuration (config.json) is missing or malformed.
+    #[error("model config {}: {reason}", path.display())]
+    Config { path: PathBuf, reason: String },
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The device ran out of memory.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// A computation produced NaN/Inf where a finite value was needed.
+    #[error("numerical failure: {0}")]
+    NonFinite(String),
+    /// Encoding an output image failed.
+    #[error("image encoding: {0}")]
+    Image(String),
+    /// An I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor operation failed.
+    #[error("tensor operation: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl PipelineError {
+    /// The coarse class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidInput(_) => ErrorKind::InvalidInput,
+            Self::ModelInvalid { .. } | Self::TensorInvalid { .. } | Self::Config { .. } => {
+                ErrorKind::ModelInvalid
+            }
+            Self::OutOfMemory(_) => ErrorKind::OutOfMemory,
+            Self::Cancelled => ErrorKind::Cancelled,
+            Self::Candle(e) if is_oom_message(&e.to_string()) => ErrorKind::OutOfMemory,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// True when an error message from a backend (CUDA, allocator) reports exhausted memory.
+pub fn is_oom_message(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out of memory")
+        || m.contains("out_of_memory")
+        || m.contains("cuda_error_out_of_memory")
+}

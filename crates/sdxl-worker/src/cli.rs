@@ -1,0 +1,120 @@
+//! Command-line interface (SPEC §2). Parsing only; each subcommand's work lives in its module.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// SDXL image generation worker: RunPod serverless endpoint, local HTTP API and render CLI.
+#[derive(Debug, Parser)]
+#[command(name = "sdxl-worker", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// With no subcommand: serve the local HTTP API (like the runpod SDK's `--rp_serve_api`).
+    #[arg(long = "rp_serve_api", global = false)]
+    pub rp_serve_api: bool,
+    /// Host for `--rp_serve_api`.
+    #[arg(long = "rp_api_host", default_value = "127.0.0.1")]
+    pub rp_api_host: String,
+    /// Port for `--rp_serve_api`.
+    #[arg(long = "rp_api_port", default_value_t = 8000)]
+    pub rp_api_port: u16,
+    /// With no subcommand: run this job JSON once instead of `./test_input.json`.
+    #[arg(long = "test_input")]
+    pub test_input: Option<String>,
+    /// Path of models.toml (env `SDXL_MODELS_TOML`; default `./models.toml`).
+    #[arg(long, env = "SDXL_MODELS_TOML", global = true)]
+    pub models_toml: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Production RunPod loop (needs the RUNPOD_* environment of a serverless worker).
+    Serve,
+    /// Local HTTP API: RunPod routes plus an AUTOMATIC1111 subset.
+    Api(ApiArgs),
+    /// Render images locally and write PNGs with A1111 infotext.
+    Render(Box<RenderArgs>),
+    /// Download everything in models.toml into the cache.
+    Fetch,
+}
+
+/// Flags of `api`.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+}
+
+/// Flags of `render`; every job field of SPEC §3 has a flag with the same meaning and default.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The prompt (may exceed 77 tokens).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// The negative prompt (absent or empty ⇒ zero embedding).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Denoising steps.
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// Classifier-free guidance scale.
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
+    /// A1111 sampler name, e.g. "DPM++ 2M Karras", "Euler a".
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Schedule type: karras, exponential, normal, sgm_uniform, automatic.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Seed (-1 ⇒ random).
+    #[arg(long, allow_hyphen_values = true)]
+    pub seed: Option<i64>,
+    /// Image width in pixels.
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Image height in pixels.
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Number of images (image i uses seed + i).
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// CLIP skip (1 and 2 = SDXL default).
+    #[arg(long)]
+    pub clip_skip: Option<u32>,
+    /// Long-prompt mode: blend or concat.
+    #[arg(long)]
+    pub prompt_mode: Option<String>,
+    /// LoRA as NAME_OR_PATH[:SCALE]; repeatable.
+    #[arg(long = "lora")]
+    pub loras: Vec<String>,
+    /// A models.toml checkpoint name, a single-file .safetensors, or a diffusers directory.
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// A diffusers directory whose configs describe a single-file checkpoint.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16 (default: f32 on CPU, f16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Output file; with a batch, `a.png` becomes `a-0.png`, `a-1.png`, ...
+    #[arg(long, default_value = "out.png")]
+    pub out: PathBuf,
+    /// Render a job JSON file (the `input` object of a RunPod job, or the whole job).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Output format: png, jpeg or webp.
+    #[arg(long)]
+    pub output_format: Option<String>,
+    /// JPEG quality 1..=100.
+    #[arg(long)]
+    pub quality: Option<u8>,
+}

@@ -1,0 +1,15 @@
+//! The worker side of sdxl-worker: models.toml and the model cache, CivitAI/Hugging Face
+//! downloads, the job schema, the RunPod serverless loop, the local HTTP API, the one-shot test
+//! mode and the `render`/`fetch` CLI commands. Tensors live in `sdxl_pipeline`.
+
+pub mod api;
+pub mod cache;
+pub mod cli;
+pub mod download;
+pub mod fetch;
+pub mod handler;
+pub mod job;
+pub mod local;
+pub mod models;
+pub mod render;
+pub mod runpod;
