@@ -65,13 +65,20 @@ impl Reply {
     fn redirect(location: &str) -> Reply {
         Reply::status(302).with_header("Location", location)
     }
-    /// 206 for a `Range: bytes=N-` request (or 200 when there is none).
+    /// 206 for a `Range: bytes=N-` or `bytes=N-M` request (or 200 when there is none).
     fn ranged(req: &Recorded, body: &[u8]) -> Reply {
-        let Some(start) = req
+        let Some((start, end)) = req
             .header("range")
             .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.strip_suffix('-'))
-            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(a, b)| {
+                let start = a.parse::<usize>().ok()?;
+                let end = match b {
+                    "" => body.len() - 1,
+                    b => b.parse::<usize>().ok()?.min(body.len() - 1),
+                };
+                Some((start, end))
+            })
         else {
             return Reply::ok(body);
         };
@@ -81,10 +88,10 @@ impl Reply {
                 ("Content-Type".into(), "application/octet-stream".into()),
                 (
                     "Content-Range".into(),
-                    format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
+                    format!("bytes {start}-{end}/{}", body.len()),
                 ),
             ],
-            body: body[start..].to_vec(),
+            body: body[start..=end].to_vec(),
             ..Reply::default()
         }
     }
@@ -677,6 +684,81 @@ async fn local_path_entries_are_checked_but_never_moved() {
     assert!(bad.exists());
     e.source = Source::Path(fx.dir.path().join("missing.safetensors"));
     assert_eq!(fx.get(&e).await.unwrap_err().code(), "MODEL_INVALID");
+}
+
+#[tokio::test]
+async fn stale_lock_file_from_a_dead_process_is_taken_over() {
+    let body = safetensors_bytes(1000);
+    let b = body.clone();
+    let srv = Server::start(move |_, _| Reply::ok(&b)).await;
+    let fx = fixture(DownloadOptions {
+        stale_lock_after: Duration::from_millis(50),
+        ..fast_opts()
+    });
+    let lock = fx.dir.path().join("cache/test.safetensors.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, "pid 1").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let path = fx.get(&entry(&srv.url("/m"))).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    assert!(!lock.exists());
+}
+
+#[tokio::test]
+async fn waits_for_another_process_holding_the_lock_and_uses_its_file() {
+    let body = safetensors_bytes(1000);
+    let srv = Server::start(|_, _| Reply::status(500)).await;
+    let fx = fixture(fast_opts());
+    let lock = fx.dir.path().join("cache/test.safetensors.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, "pid 1").unwrap();
+    // The "other process": finishes the file, then releases the lock.
+    let (dest, lock2, b) = (fx.dest(), lock.clone(), body.clone());
+    let other = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(&dest, &b).unwrap();
+        std::fs::remove_file(&lock2).unwrap();
+    });
+    let path = fx.get(&entry(&srv.url("/m"))).await.unwrap();
+    other.await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    assert_eq!(srv.requests().len(), 0, "no second transfer");
+}
+
+#[tokio::test]
+async fn hugging_face_source_goes_through_hf_hub() {
+    // The only test that sets env vars in this binary; hf-hub reads HF_ENDPOINT via our builder.
+    let body = safetensors_bytes(1000);
+    let b = body.clone();
+    let srv = Server::start(move |_, req| {
+        Reply::ranged(req, &b)
+            .with_header("ETag", "\"abc123\"")
+            .with_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+    })
+    .await;
+    std::env::remove_var("HF_HOME");
+    std::env::set_var("HF_ENDPOINT", srv.url(""));
+    let fx = fixture(fast_opts());
+    let mut e = entry("http://unused.invalid/");
+    e.source = Source::HuggingFace {
+        repo: "madebyollin/sdxl-vae-fp16-fix".into(),
+        path: None,
+    };
+    let path = fx.get(&e).await.unwrap();
+    std::env::remove_var("HF_ENDPOINT");
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert!(
+        path.starts_with(fx.dir.path().join("cache/huggingface/hub")),
+        "{path:?}"
+    );
+    assert!(srv.requests().iter().all(|r| r.path
+        == "/madebyollin/sdxl-vae-fp16-fix/resolve/main/diffusion_pytorch_model.safetensors"));
 }
 
 // ---------------------------------------------------------------- secrets
