@@ -320,6 +320,8 @@ impl ModelsConfig {
 
         let vae = raw.vae.map(|e| vae_entry(e, origin, base)).transpose()?;
 
+        check_unique_filenames(&checkpoints, &loras, vae.as_ref(), origin)?;
+
         Ok(ModelsConfig {
             cache_dir,
             checkpoints,
@@ -330,6 +332,9 @@ impl ModelsConfig {
     }
 
     /// The checkpoint marked `default = true` (validation guarantees exactly one).
+    ///
+    /// # Panics
+    /// Only for a config built by hand with no checkpoints; [`Self::from_toml_str`] rejects that.
     pub fn default_checkpoint(&self) -> &CheckpointEntry {
         // `from_toml_str` guarantees a non-empty list with exactly one default.
         let fallback = &self.checkpoints[0];
@@ -404,6 +409,51 @@ fn check_unique<'a>(
                 problem: format!("duplicate name {name:?}; names in [[{table}]] must be unique"),
             });
         }
+    }
+    Ok(())
+}
+
+/// Two downloaded entries must not share a cache file.
+fn check_unique_filenames(
+    checkpoints: &[CheckpointEntry],
+    loras: &[LoraEntry],
+    vae: Option<&VaeEntry>,
+    file: &Path,
+) -> Result<(), ModelsError> {
+    let mut seen: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    let downloaded = |s: &Source| matches!(s, Source::Url(_));
+    let all = checkpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| downloaded(&c.source))
+        .map(|(i, c)| {
+            (
+                c.filename.as_str(),
+                format!("checkpoints[{i}] {:?}", c.name),
+            )
+        })
+        .chain(
+            loras
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| downloaded(&l.source))
+                .map(|(i, l)| (l.filename.as_str(), format!("loras[{i}] {:?}", l.name))),
+        )
+        .chain(
+            vae.filter(|v| downloaded(&v.source))
+                .map(|v| (v.filename.as_str(), "[vae]".to_string())),
+        );
+    for (filename, label) in all {
+        if let Some(first) = seen.get(filename) {
+            return Err(ModelsError::Invalid {
+                file: file.to_path_buf(),
+                entry: label,
+                problem: format!(
+                    "filename {filename:?} is already used by {first}; each download needs its own file name"
+                ),
+            });
+        }
+        seen.insert(filename, label);
     }
     Ok(())
 }
@@ -624,11 +674,12 @@ fn check_filename(f: &str, ctx: &EntryCtx) -> Result<String, ModelsError> {
         || f == "."
         || f == ".."
         || f.contains(['/', '\\', '\0'])
-        || f.ends_with(".part")
-        || f.ends_with(".lock");
+        || [".part", ".lock", ".sha256", ".invalid"]
+            .iter()
+            .any(|suffix| f.ends_with(suffix));
     if bad {
         return Err(ctx.err(format!(
-            "filename {f:?} must be a plain file name (no directories, not .part/.lock)"
+            "filename {f:?} must be a plain file name (no directories, not .part/.lock/.sha256/.invalid)"
         )));
     }
     Ok(f.to_string())

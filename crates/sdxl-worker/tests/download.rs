@@ -391,6 +391,7 @@ async fn unauthorized_without_key_then_success_with_key() {
     assert!(err.to_string().contains("set CIVITAI_API_KEY"), "{err}");
     assert_eq!(srv.requests().len(), 1, "401 is not retried");
     assert!(!fx.dest().exists());
+    assert!(!fx.part().exists(), "no empty .part left behind");
 
     let fx = fixture(DownloadOptions {
         civitai_key: ApiKey::new("sekrit-key-123"),

@@ -272,6 +272,24 @@ fn filenames_cannot_escape_the_cache_dir() {
 }
 
 #[test]
+fn two_downloads_cannot_share_a_cache_file() {
+    let e = err(r#"
+[[checkpoints]]
+name = "A"
+url = "https://x.example/a"
+filename = "same.safetensors"
+[[loras]]
+name = "L"
+url = "https://x.example/l"
+filename = "same.safetensors"
+"#);
+    assert_eq!(
+        e,
+        r#"/etc/sdxl/models.toml: loras[0] "L": filename "same.safetensors" is already used by checkpoints[0] "A"; each download needs its own file name"#
+    );
+}
+
+#[test]
 fn sha256_and_hf_sources_are_validated() {
     let e = err("[[checkpoints]]\nname = \"A\"\nurl = \"https://x.example/a\"\nsha256 = \"abc\"\n");
     assert!(e.contains(r#"sha256 "abc" is not 64 hex digits"#), "{e}");

@@ -140,6 +140,23 @@ impl Downloader {
         progress: &dyn DownloadProgress,
         lock: Option<&FileLock>,
     ) -> Result<Downloaded, DownloadError> {
+        let result = self.download_inner(req, progress, lock).await;
+        if result.is_err() {
+            // Keep a partial file for resuming, but not an empty one.
+            let part = part_path(req.dest);
+            if std::fs::metadata(&part).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&part);
+            }
+        }
+        result
+    }
+
+    async fn download_inner(
+        &self,
+        req: &DownloadRequest<'_>,
+        progress: &dyn DownloadProgress,
+        lock: Option<&FileLock>,
+    ) -> Result<Downloaded, DownloadError> {
         let shown = redact_url(req.url);
         let original = Url::parse(req.url).map_err(|e| DownloadError::Redirect {
             name: req.name.to_string(),
