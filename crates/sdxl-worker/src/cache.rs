@@ -300,11 +300,9 @@ async fn verify_cached(entry: &dyn CacheEntry, dest: &Path) -> Result<CachedFile
         Err(e) => return Err(e),
     };
     if let Some(expected) = entry.sha256() {
-        let got = cached_sha256(dest, bytes).await.map_err(DownloadError::io(
-            name,
-            "cannot hash",
-            dest,
-        ))?;
+        let got = cached_sha256(dest, bytes, true)
+            .await
+            .map_err(DownloadError::io(name, "cannot hash", dest))?;
         if !got.eq_ignore_ascii_case(expected) {
             let aside = move_aside(dest);
             tracing::warn!(model = name, file = %dest.display(), "cached file has the wrong sha256; {aside}");
@@ -354,8 +352,9 @@ fn write_sha_sidecar(dest: &Path, sha: &str, bytes: u64) {
     }
 }
 
-/// The file's sha256: from the sidecar when it matches the size, else computed (and recorded).
-pub async fn cached_sha256(path: &Path, bytes: u64) -> std::io::Result<String> {
+/// The file's sha256: from the `<file>.sha256` sidecar when it matches the size, else computed
+/// (and recorded in a sidecar when `record`; never pass `true` for an operator's `path =` file).
+pub async fn cached_sha256(path: &Path, bytes: u64, record: bool) -> std::io::Result<String> {
     let side = sibling(path, ".sha256");
     if let Ok(text) = tokio::fs::read_to_string(&side).await {
         let mut it = text.split_whitespace();
@@ -372,6 +371,8 @@ pub async fn cached_sha256(path: &Path, bytes: u64) -> std::io::Result<String> {
     let sha = tokio::task::spawn_blocking(move || sha256_file(&p))
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
-    write_sha_sidecar(path, &sha, bytes);
+    if record {
+        write_sha_sidecar(path, &sha, bytes);
+    }
     Ok(sha)
 }

@@ -3,7 +3,7 @@
 
 use crate::cache::{cached_sha256, CacheEntry, ModelCache};
 use crate::download::{DownloadError, DownloadProgress};
-use crate::models::ModelsConfig;
+use crate::models::{ModelsConfig, Source};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
@@ -71,7 +71,8 @@ async fn fetch_one(
 ) -> Result<String, DownloadError> {
     let file = cache.ensure_file(entry, progress).await?;
     let sha = if file.path.is_file() {
-        cached_sha256(&file.path, file.bytes)
+        let in_cache = matches!(entry.source(), Source::Url(_));
+        cached_sha256(&file.path, file.bytes, in_cache)
             .await
             .map_err(DownloadError::io(entry.name(), "cannot hash", &file.path))?
     } else {

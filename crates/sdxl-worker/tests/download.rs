@@ -835,3 +835,26 @@ async fn api_key_never_appears_in_logs_or_errors() {
     assert!(err.to_string().contains("token=***"), "{err}");
     assert!(format!("{:?}", fx.cache).contains("ApiKey(***)"));
 }
+
+#[tokio::test]
+async fn fetch_all_continues_past_failures_and_counts_them() {
+    let body = safetensors_bytes(1000);
+    let b = body.clone();
+    let srv = Server::start(move |_, req| match req.path.as_str() {
+        "/good" => Reply::ok(&b),
+        _ => Reply::status(404),
+    })
+    .await;
+    let toml = format!(
+        "[[checkpoints]]\nname = \"missing\"\nurl = \"{}\"\n[[loras]]\nname = \"good\"\nurl = \"{}\"\n",
+        srv.url("/missing"),
+        srv.url("/good")
+    );
+    let fx = fixture(fast_opts());
+    let cfg = sdxl_worker::models::ModelsConfig::from_toml_str(&toml, Path::new("m.toml")).unwrap();
+    let failures = sdxl_worker::fetch::fetch_all(&cfg, &fx.cache).await;
+    assert_eq!(failures, 1);
+    let good = fx.dir.path().join("cache/good.safetensors");
+    assert_eq!(std::fs::read(good).unwrap(), body);
+    assert_eq!(srv.requests().len(), 2);
+}
