@@ -15,10 +15,16 @@ const PHRASE: &str =
     circling above crooked timber houses, merchants selling fish, spices, silk and copper pots";
 
 fn prompt_of_about(tokens: usize, tok: &PromptTokenizer) -> String {
-    let mut text = String::from(PHRASE);
-    while tok.clip_l().content_ids(&text).unwrap().len() < tokens {
-        text.push_str(", ");
-        text.push_str(PHRASE);
+    let words: Vec<&str> = PHRASE.split(' ').collect();
+    let mut text = String::new();
+    for word in words.iter().cycle() {
+        if tok.clip_l().content_ids(&text).unwrap().len() >= tokens {
+            break;
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(word);
     }
     text
 }

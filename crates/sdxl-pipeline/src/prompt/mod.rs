@@ -129,6 +129,12 @@ impl PromptEncoder {
     ) -> Result<(EncodedPrompt, Vec<String>)> {
         let clip_skip = clip_skip as usize;
         let chunked = self.tokens.chunk(text, mode)?;
+        tracing::debug!(
+            kind = ?chunked.kind,
+            tokens = chunked.n_tokens,
+            chunks = chunked.n_chunks(),
+            "encoding prompt"
+        );
         let mut warnings = chunked.warnings.clone();
         if chunked.kind == EncodingKind::Standard {
             return Ok((self.encode_rows(&chunked, clip_skip)?, warnings));
