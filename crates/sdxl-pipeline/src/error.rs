@@ -65,6 +65,10 @@ pub enum PipelineError {
     /// A tensor operation failed.
     #[error("tensor operation: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A weight reached through a `VarBuilder` (whose file is not known here) is missing or
+    /// mis-shaped; `tensor` is its full name.
+    #[error("tensor `{tensor}`: {reason}")]
+    WeightInvalid { tensor: String, reason: String },
 }
 
 impl PipelineError {
@@ -72,9 +76,10 @@ impl PipelineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidInput(_) => ErrorKind::InvalidInput,
-            Self::ModelInvalid { .. } | Self::TensorInvalid { .. } | Self::Config { .. } => {
-                ErrorKind::ModelInvalid
-            }
+            Self::ModelInvalid { .. }
+            | Self::TensorInvalid { .. }
+            | Self::WeightInvalid { .. }
+            | Self::Config { .. } => ErrorKind::ModelInvalid,
             Self::OutOfMemory(_) => ErrorKind::OutOfMemory,
             Self::Cancelled => ErrorKind::Cancelled,
             Self::Candle(e) if is_oom_message(&e.to_string()) => ErrorKind::OutOfMemory,

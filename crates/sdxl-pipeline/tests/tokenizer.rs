@@ -1,0 +1,63 @@
+//! Token ids of both embedded tokenizers vs the HF tokenizers (expected/token_ids.safetensors).
+
+mod text_support;
+
+use sdxl_pipeline::tokenizer::{ClipTokenizer, TokenizerKind, BOS_ID, EOS_ID, SEQ_LEN};
+use text_support::{id_rows, load, token_id_prompts};
+
+fn check_all(kind: TokenizerKind, key: &str) {
+    let tok = ClipTokenizer::new(kind).unwrap();
+    let expected = load("expected/token_ids.safetensors");
+    let want = id_rows(&expected[key]);
+    let untruncated = expected["untruncated_length"].to_vec1::<i64>().unwrap();
+    let prompts = token_id_prompts();
+    assert_eq!(prompts.len(), 15);
+    for (i, prompt) in prompts.iter().enumerate() {
+        assert_eq!(
+            tok.encode_padded(prompt).unwrap(),
+            want[i],
+            "{key} row {i}: {prompt:?}"
+        );
+        if kind == TokenizerKind::ClipL {
+            let n = tok.content_ids(prompt).unwrap().len() as i64;
+            assert_eq!(n + 2, untruncated[i], "untruncated length row {i}");
+        }
+    }
+}
+
+#[test]
+fn clip_l_ids_match_hf_tokenizer() {
+    check_all(TokenizerKind::ClipL, "tokenizer.input_ids");
+}
+
+#[test]
+fn clip_g_ids_match_hf_tokenizer_2_including_the_bang_quirk() {
+    check_all(TokenizerKind::ClipG, "tokenizer_2.input_ids");
+    // every `!` is its own pad-token id 0 for tokenizer 2, not for tokenizer 1
+    let g = ClipTokenizer::new(TokenizerKind::ClipG).unwrap();
+    let l = ClipTokenizer::new(TokenizerKind::ClipL).unwrap();
+    assert_eq!(g.content_ids("night!!!").unwrap().len(), 4);
+    assert_eq!(l.content_ids("night!!!").unwrap().len(), 2);
+}
+
+#[test]
+fn wrap_chunk_pads_per_tokenizer_and_cuts_at_75() {
+    let l = ClipTokenizer::new(TokenizerKind::ClipL).unwrap();
+    let g = ClipTokenizer::new(TokenizerKind::ClipG).unwrap();
+    let row = l.wrap_chunk(&[5, 6]);
+    assert_eq!(row.len(), SEQ_LEN);
+    assert_eq!(&row[..4], &[BOS_ID, 5, 6, EOS_ID]);
+    assert!(row[4..].iter().all(|&t| t == EOS_ID));
+    let row = g.wrap_chunk(&[5, 6]);
+    assert_eq!(&row[..4], &[BOS_ID, 5, 6, EOS_ID]);
+    assert!(row[4..].iter().all(|&t| t == 0));
+    let long: Vec<u32> = (1..=100).collect();
+    let row = l.wrap_chunk(&long);
+    assert_eq!(row.len(), SEQ_LEN);
+    assert_eq!(row[75], 75);
+    assert_eq!(row[76], EOS_ID);
+    assert_eq!(
+        g.wrap_chunk(&[]),
+        [vec![BOS_ID, EOS_ID], vec![0; 75]].concat()
+    );
+}
