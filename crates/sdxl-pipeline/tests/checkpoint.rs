@@ -302,3 +302,116 @@ fn bad_tensors_are_tensor_invalid_naming_file_and_tensor() {
         .load_unet(DType::F32, &Device::Cpu)
         .unwrap();
 }
+
+// ------------------------------------------------------------------ full SDXL key set
+
+/// `tests/fixtures/checkpoint/sdxl-keys.txt` (scripts/fixtures/make_sdxl_keylist.py): the real SDXL
+/// base single-file layout and the diffusers parameters of the four models.
+struct KeyList {
+    single: Vec<(String, String, Vec<usize>)>,
+    params: HashMap<String, Vec<(String, Vec<usize>)>>,
+}
+
+fn parse_shape(s: &str) -> Vec<usize> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+fn key_list() -> KeyList {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/checkpoint/sdxl-keys.txt")).unwrap();
+    let mut kl = KeyList {
+        single: Vec::new(),
+        params: HashMap::new(),
+    };
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split(' ').collect();
+        match f.as_slice() {
+            ["S", key, dtype, shape] => {
+                kl.single
+                    .push((key.to_string(), dtype.to_string(), parse_shape(shape)))
+            }
+            ["S", key, dtype] => kl.single.push((key.to_string(), dtype.to_string(), vec![])),
+            ["P", comp, name, shape] => kl
+                .params
+                .entry(comp.to_string())
+                .or_default()
+                .push((name.to_string(), parse_shape(shape))),
+            ["P", comp, name] => kl
+                .params
+                .entry(comp.to_string())
+                .or_default()
+                .push((name.to_string(), vec![])),
+            _ => panic!("bad line {line}"),
+        }
+    }
+    kl
+}
+
+/// A header-only SDXL single file: real names, shapes and dtypes, a sparse (all-zero, unallocated)
+/// data section of the full 6.9 GB size.
+fn write_sparse_single_file(path: &Path, single: &[(String, String, Vec<usize>)]) -> u64 {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (key, dtype, shape) in single {
+        let size = match dtype.as_str() {
+            "F16" => 2,
+            "F32" => 4,
+            "I64" => 8,
+            other => panic!("{other}"),
+        };
+        let bytes = shape.iter().product::<usize>() as u64 * size;
+        header.insert(
+            key.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&json);
+    std::fs::write(path, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(bytes.len() as u64 + offset).unwrap();
+    offset
+}
+
+#[test]
+fn full_sdxl_key_set_maps_to_every_diffusers_parameter() {
+    let kl = key_list();
+    assert_eq!(kl.single.len(), 2515);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("sdxl-header-only.safetensors");
+    let data = write_sparse_single_file(&path, &kl.single);
+    assert!(data > 6_900_000_000);
+    let ckpt = Checkpoint::open(&ModelSource::SingleFile {
+        path: path.clone(),
+        config_dir: None,
+    })
+    .unwrap();
+    let mut total = 0;
+    for c in Component::ALL {
+        let mut want = kl.params[c.dir_name()].clone();
+        want.sort();
+        let got = ckpt.parameter_names(c);
+        let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+        let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{c:?}: missing {missing:?}, unexpected {extra:?}"
+        );
+        assert_eq!(got, want);
+        total += got.len();
+    }
+    // 2515 file tensors − position_ids − logit_scale + 2 × 64 (each of the 32 layers' fused
+    // in_proj weight and bias serves q, k and v) = 2641 parameters.
+    assert_eq!(total, 2641);
+    // The same configs come from the committed diffusers config dir of SDXL base.
+    let with_dir = Checkpoint::open(&ModelSource::SingleFile {
+        path,
+        config_dir: Some(format!("{FIXTURES}/sdxl-base-config").into()),
+    })
+    .unwrap();
+    assert_eq!(with_dir.configs(), ckpt.configs());
+}
