@@ -415,3 +415,45 @@ fn full_sdxl_key_set_maps_to_every_diffusers_parameter() {
     .unwrap();
     assert_eq!(with_dir.configs(), ckpt.configs());
 }
+
+#[test]
+fn deltas_are_added_in_f32_before_the_cast() {
+    let ckpt = open_single(&tiny_single()).unwrap();
+    let name = "text_model.encoder.layers.1.self_attn.k_proj.weight";
+    let shape = ckpt
+        .parameter_names(Component::TextEncoder2)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap()
+        .1;
+    let delta = Tensor::full(0.25f32, shape.as_slice(), &Device::Cpu).unwrap();
+    let deltas = std::sync::Arc::new(HashMap::from([(name.to_string(), delta)]));
+    let plain = ckpt
+        .var_builder(Component::TextEncoder2, DType::F32, &Device::Cpu)
+        .unwrap();
+    let merged = ckpt
+        .var_builder_with_deltas(Component::TextEncoder2, DType::F32, &Device::Cpu, deltas)
+        .unwrap();
+    let a = plain.get(shape.as_slice(), name).unwrap();
+    let b = merged.get(shape.as_slice(), name).unwrap();
+    let d = (b - (a + 0.25).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    // Other tensors are untouched.
+    let q = "text_model.encoder.layers.1.self_attn.q_proj.weight";
+    let d = (plain.get(shape.as_slice(), q).unwrap() - merged.get(shape.as_slice(), q).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        ckpt.transform(Component::TextEncoder2, q),
+        Some(sdxl_pipeline::checkpoint::Transform::Rows { part: 0, parts: 3 })
+    );
+}
