@@ -1,0 +1,214 @@
+//! Full-size load benchmark (SPEC §11): loads a 6.9 GB fp16 SDXL single file (synthetic: the real
+//! key names and shapes of `tests/fixtures/checkpoint/sdxl-keys.txt`, pseudo-random data) as f16
+//! on CPU and compares with one plain sequential read of the file: wall time and peak RSS (VmHWM)
+//! against the file size. Targets: load ≤ 1.5× read time, peak RSS ≤ 1.2× file size.
+//!
+//! `cargo run --release -p sdxl-benches --bin load_fullsize` (add `--workspace`-wide features as
+//! usual). The file is written once to `$SDXL_BENCH_DIR` (default `/work/bigdata`), outside the repo.
+//! Each measurement runs in a child process so that VmHWM is its own.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource};
+
+const KEYS: &str = include_str!("../../../tests/fixtures/checkpoint/sdxl-keys.txt");
+const FILE_NAME: &str = "sdxl-fullsize-synthetic-f16.safetensors";
+
+type Failure = Box<dyn std::error::Error>;
+
+fn bench_file() -> PathBuf {
+    let dir = std::env::var_os("SDXL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/bigdata"));
+    dir.join(FILE_NAME)
+}
+
+/// (key, dtype, shape) of every tensor of the real SDXL single file.
+fn layout() -> Vec<(String, String, Vec<usize>)> {
+    KEYS.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            match f.as_slice() {
+                ["S", key, dtype, shape @ ..] => Some((
+                    key.to_string(),
+                    dtype.to_string(),
+                    shape
+                        .first()
+                        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+                        .unwrap_or_default(),
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn write_file(path: &Path) -> Result<(), Failure> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tensors = layout();
+    let mut header = String::from("{");
+    let mut offset = 0u64;
+    for (i, (key, dtype, shape)) in tensors.iter().enumerate() {
+        let size = if dtype == "I64" { 8 } else { 2 };
+        let bytes = shape.iter().product::<usize>() as u64 * size;
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        if i > 0 {
+            header.push(',');
+        }
+        header.push_str(&format!(
+            "\"{key}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{offset},{}]}}",
+            dims.join(","),
+            offset + bytes
+        ));
+        offset += bytes;
+    }
+    header.push('}');
+    while (8 + header.len()) % 8 != 0 {
+        header.push(' ');
+    }
+    // 1 MiB of pseudo-random fp16 values in ±0.02 (xorshift), cycled through the data section.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let block: Vec<u8> = (0..512 * 1024)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04;
+            half::f16::from_f32(x).to_le_bytes()
+        })
+        .collect();
+    let tmp = path.with_extension("partial");
+    let mut w = BufWriter::with_capacity(8 << 20, File::create(&tmp)?);
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    let mut left = offset as usize;
+    while left > 0 {
+        let n = left.min(block.len());
+        w.write_all(&block[..n])?;
+        left -= n;
+    }
+    w.flush()?;
+    drop(w);
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Child: one plain sequential read of the file in 16 MiB chunks.
+fn run_read(path: &Path) -> Result<(), Failure> {
+    let t = Instant::now();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 16 << 20];
+    let mut sum = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sum = sum.wrapping_add(buf[n - 1] as u64);
+    }
+    println!("{} {} {sum}", t.elapsed().as_secs_f64(), peak_rss_bytes());
+    Ok(())
+}
+
+/// Child: load all four components as f16 on CPU (UNet and VAE as models, the text encoders'
+/// parameters as tensors kept alive).
+fn run_load(path: &Path) -> Result<(), Failure> {
+    let t = Instant::now();
+    let dev = Device::Cpu;
+    let ckpt = Checkpoint::open(&ModelSource::SingleFile {
+        path: path.to_path_buf(),
+        config_dir: None,
+    })?;
+    let unet = ckpt.load_unet(DType::F16, &dev)?;
+    let vae = ckpt.load_vae(DType::F16, &dev)?;
+    let mut text: Vec<Tensor> = Vec::new();
+    for c in [Component::TextEncoder, Component::TextEncoder2] {
+        let vb = ckpt.var_builder(c, DType::F16, &dev)?;
+        for (name, shape) in ckpt.parameter_names(c) {
+            text.push(vb.get(shape, &name)?);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("{secs} {} {}", peak_rss_bytes(), text.len());
+    drop((unet, vae, text));
+    Ok(())
+}
+
+fn child(mode: &str, path: &Path) -> Result<(f64, u64), Failure> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg(mode)
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("{mode}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = text.split_whitespace();
+    let secs = f
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad child output")?;
+    let rss = f
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad child output")?;
+    Ok((secs, rss))
+}
+
+fn main() -> Result<(), Failure> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("read") => return run_read(Path::new(args.get(2).ok_or("path")?)),
+        Some("load") => return run_load(Path::new(args.get(2).ok_or("path")?)),
+        _ => {}
+    }
+    let path = bench_file();
+    if !path.is_file() {
+        eprintln!("writing {} ...", path.display());
+        let t = Instant::now();
+        write_file(&path)?;
+        eprintln!("written in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    let size = std::fs::metadata(&path)?.len();
+    let gb = |b: u64| b as f64 / 1e9;
+    // Warm the page cache once so read and load compare like with like.
+    let (warm, _) = child("read", &path)?;
+    let (read_s, read_rss) = child("read", &path)?;
+    let (load_s, load_rss) = child("load", &path)?;
+    println!("file: {} ({:.2} GB)", path.display(), gb(size));
+    println!(
+        "plain read: {read_s:.2} s (first, cache warming: {warm:.2} s), peak RSS {:.2} GB",
+        gb(read_rss)
+    );
+    println!(
+        "load f16 CPU (UNet + VAE models, both text encoders' tensors): {load_s:.2} s = {:.2}x read (target <= 1.5x)",
+        load_s / read_s
+    );
+    println!(
+        "load peak RSS (VmHWM): {:.2} GB = {:.2}x file size (target <= 1.2x)",
+        gb(load_rss),
+        load_rss as f64 / size as f64
+    );
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The `SimpleBackend` that serves one component's diffusers names from the mapped file(s).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+
+use super::header::SafetensorsFile;
+use super::names::{NameMap, Source, Transform};
+use crate::PipelineError;
+
+/// Serves parameters of one component: read from the mmap, transformed (q/k/v split, transpose,
+/// 1×1 squeeze), plus an optional f32 delta (LoRA), then cast to the requested dtype.
+pub struct ComponentBackend {
+    pub(crate) files: Arc<Vec<SafetensorsFile>>,
+    pub(crate) map: Arc<NameMap>,
+    /// f32 deltas by diffusers name, added before the dtype cast (for LoRA merges).
+    pub(crate) deltas: Option<Arc<HashMap<String, Tensor>>>,
+    /// The first typed error a `get` produced, so loaders can return it instead of candle's text.
+    pub(crate) last_error: Arc<Mutex<Option<PipelineError>>>,
+}
+
+impl ComponentBackend {
+    fn fail(&self, err: PipelineError) -> candle_core::Error {
+        let msg = err.to_string();
+        if let Ok(mut slot) = self.last_error.lock() {
+            if slot.is_none() {
+                *slot = Some(err);
+            }
+        }
+        candle_core::Error::Msg(msg)
+    }
+
+    fn invalid(&self, src: Option<&Source>, name: &str, reason: String) -> candle_core::Error {
+        let (path, tensor) = match src.and_then(|s| self.files.get(s.file).map(|f| (f, s))) {
+            Some((f, s)) => (f.path().to_path_buf(), s.key.clone()),
+            None => (
+                self.files
+                    .first()
+                    .map(|f| f.path().to_path_buf())
+                    .unwrap_or_default(),
+                name.to_string(),
+            ),
+        };
+        self.fail(PipelineError::TensorInvalid {
+            path,
+            tensor,
+            reason,
+        })
+    }
+
+    fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let Some(src) = self.map.get(name) else {
+            return Err(self.invalid(None, name, format!("missing (needed as `{name}`)")));
+        };
+        let file = self
+            .files
+            .get(src.file)
+            .ok_or_else(|| self.invalid(Some(src), name, "file index out of range".into()))?;
+        let entry = file
+            .entry(&src.key)
+            .ok_or_else(|| self.invalid(Some(src), name, "missing from the header".into()))?;
+        let Some(stored) = entry.dtype.float() else {
+            return Err(self.invalid(
+                Some(src),
+                name,
+                format!("dtype {} is not a float dtype", entry.dtype),
+            ));
+        };
+        let bytes = entry.end - entry.start;
+        let t = match src.transform {
+            Transform::Rows { part, parts } => {
+                let block = bytes / parts;
+                file.load_bytes(
+                    entry,
+                    stored,
+                    (part * block, (part + 1) * block),
+                    &src.shape,
+                    dev,
+                )?
+            }
+            Transform::Identity => file.load_bytes(entry, stored, (0, bytes), &src.shape, dev)?,
+            Transform::Squeeze1x1 => file.load_bytes(entry, stored, (0, bytes), &src.shape, dev)?,
+            Transform::Transpose => file
+                .load_bytes(entry, stored, (0, bytes), &entry.shape, dev)?
+                .t()?
+                .contiguous()?,
+        };
+        let t = match self.deltas.as_ref().and_then(|d| d.get(name)) {
+            Some(delta) => {
+                (t.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?.to_device(dev)?)?
+            }
+            None => t,
+        };
+        t.to_dtype(dtype)
+    }
+}
+
+impl SimpleBackend for ComponentBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(src) = self.map.get(name) {
+            if src.shape.as_slice() != s.dims() {
+                return Err(self.invalid(
+                    Some(src),
+                    name,
+                    format!(
+                        "shape {:?} but the model needs {:?} for `{name}`",
+                        src.shape,
+                        s.dims()
+                    ),
+                ));
+            }
+        }
+        self.load(name, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+}

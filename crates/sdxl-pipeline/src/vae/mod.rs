@@ -1,0 +1,232 @@
+//! The SDXL VAE (`AutoencoderKL`, diffusers names) and the fp16-safe decode of SPEC §8.
+
+mod config;
+mod decode;
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
+    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
+    UpDecoderBlock2D, UpDecoderBlock2DConfig,
+};
+
+pub use config::VaeConfig;
+pub use decode::{decode_checked, is_finite};
+
+use crate::{PipelineError, Result};
+
+/// GroupNorm/ResNet epsilon of the diffusers VAE.
+const VAE_EPS: f64 = 1e-6;
+
+/// The KL autoencoder: `encoder`, `quant_conv`, `post_quant_conv`, `decoder`.
+#[derive(Debug)]
+pub struct AutoencoderKl {
+    encoder: Coder<DownEncoderBlock2D>,
+    decoder: Coder<UpDecoderBlock2D>,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    dtype: DType,
+}
+
+/// Encoder or decoder: conv_in, blocks (with the mid block before the up blocks or after the
+/// down blocks), conv_norm_out, SiLU, conv_out.
+#[derive(Debug)]
+struct Coder<B> {
+    conv_in: Conv2d,
+    blocks: Vec<B>,
+    mid_block: UNetMidBlock2D,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+fn conv3(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    candle_nn::conv2d(inp, out, 3, cfg, vb)
+}
+
+fn mid_block(
+    vb: VarBuilder,
+    channels: usize,
+    groups: usize,
+) -> candle_core::Result<UNetMidBlock2D> {
+    let cfg = UNetMidBlock2DConfig {
+        resnet_eps: VAE_EPS,
+        output_scale_factor: 1.,
+        attn_num_head_channels: None,
+        resnet_groups: Some(groups),
+        ..Default::default()
+    };
+    UNetMidBlock2D::new(vb, channels, None, cfg)
+}
+
+impl Coder<DownEncoderBlock2D> {
+    fn new(
+        vb: VarBuilder,
+        cfg: &VaeConfig,
+        first: usize,
+        last: usize,
+    ) -> candle_core::Result<Self> {
+        let ch = &cfg.block_out_channels;
+        let mut blocks = Vec::with_capacity(ch.len());
+        let mut prev = first;
+        for (i, &out) in ch.iter().enumerate() {
+            let bcfg = DownEncoderBlock2DConfig {
+                num_layers: cfg.layers_per_block,
+                resnet_eps: VAE_EPS,
+                resnet_groups: cfg.norm_num_groups,
+                add_downsample: i + 1 != ch.len(),
+                downsample_padding: 0,
+                ..Default::default()
+            };
+            blocks.push(DownEncoderBlock2D::new(
+                vb.pp("down_blocks").pp(i.to_string()),
+                prev,
+                out,
+                bcfg,
+            )?);
+            prev = out;
+        }
+        Ok(Self {
+            conv_in: conv3(vb.pp("conv_in"), cfg.in_channels, first)?,
+            blocks,
+            mid_block: mid_block(vb.pp("mid_block"), last, cfg.norm_num_groups)?,
+            conv_norm_out: candle_nn::group_norm(
+                cfg.norm_num_groups,
+                last,
+                VAE_EPS,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_out: conv3(vb.pp("conv_out"), last, 2 * cfg.latent_channels)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = self.conv_in.forward(x)?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        let h = self
+            .conv_norm_out
+            .forward(&self.mid_block.forward(&h, None)?)?;
+        self.conv_out.forward(&candle_nn::ops::silu(&h)?)
+    }
+}
+
+impl Coder<UpDecoderBlock2D> {
+    fn new(
+        vb: VarBuilder,
+        cfg: &VaeConfig,
+        first: usize,
+        last: usize,
+    ) -> candle_core::Result<Self> {
+        let mut blocks = Vec::with_capacity(cfg.block_out_channels.len());
+        let mut prev = last;
+        let n = cfg.block_out_channels.len();
+        for (i, &out) in cfg.block_out_channels.iter().rev().enumerate() {
+            let bcfg = UpDecoderBlock2DConfig {
+                num_layers: cfg.layers_per_block + 1,
+                resnet_eps: VAE_EPS,
+                resnet_groups: cfg.norm_num_groups,
+                add_upsample: i + 1 != n,
+                ..Default::default()
+            };
+            blocks.push(UpDecoderBlock2D::new(
+                vb.pp("up_blocks").pp(i.to_string()),
+                prev,
+                out,
+                bcfg,
+            )?);
+            prev = out;
+        }
+        Ok(Self {
+            conv_in: conv3(vb.pp("conv_in"), cfg.latent_channels, last)?,
+            blocks,
+            mid_block: mid_block(vb.pp("mid_block"), last, cfg.norm_num_groups)?,
+            conv_norm_out: candle_nn::group_norm(
+                cfg.norm_num_groups,
+                first,
+                VAE_EPS,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_out: conv3(vb.pp("conv_out"), first, cfg.out_channels)?,
+        })
+    }
+
+    fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = self.mid_block.forward(&self.conv_in.forward(z)?, None)?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        let h = self.conv_norm_out.forward(&h)?;
+        self.conv_out.forward(&candle_nn::ops::silu(&h)?)
+    }
+}
+
+impl AutoencoderKl {
+    /// Builds the VAE from `vb` (diffusers names) for `cfg`; the model dtype is `vb`'s dtype.
+    pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (first, last) = match (
+            cfg.block_out_channels.first(),
+            cfg.block_out_channels.last(),
+        ) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => return Err(PipelineError::InvalidInput("vae config: no levels".into())),
+        };
+        let lat = cfg.latent_channels;
+        let conv1 = |vb: VarBuilder, c: usize| candle_nn::conv2d(c, c, 1, Default::default(), vb);
+        Ok(Self {
+            encoder: Coder::<DownEncoderBlock2D>::new(vb.pp("encoder"), cfg, first, last)?,
+            decoder: Coder::<UpDecoderBlock2D>::new(vb.pp("decoder"), cfg, first, last)?,
+            quant_conv: match cfg.use_quant_conv {
+                true => Some(conv1(vb.pp("quant_conv"), 2 * lat)?),
+                false => None,
+            },
+            post_quant_conv: match cfg.use_post_quant_conv {
+                true => Some(conv1(vb.pp("post_quant_conv"), lat)?),
+                false => None,
+            },
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// The dtype the weights were loaded in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Decodes latents `z` [B,4,h,w] that were already divided by the scaling factor into images
+    /// [B,3,8h,8w] in about [-1, 1] (model dtype; `z` is cast to it).
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let z = z.to_dtype(self.dtype)?;
+        let z = match &self.post_quant_conv {
+            Some(c) => c.forward(&z)?,
+            None => z,
+        };
+        Ok(self.decoder.forward(&z)?)
+    }
+
+    /// Encodes images [B,3,H,W] in [-1, 1] into the latent distribution `(mean, std)` (no scaling;
+    /// log-variance clamped to [-30, 20] as diffusers does).
+    pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let h = self.encoder.forward(&x.to_dtype(self.dtype)?)?;
+        let h = match &self.quant_conv {
+            Some(c) => c.forward(&h)?,
+            None => h,
+        };
+        let parts = h.chunk(2, 1)?;
+        let (mean, logvar) = match parts.as_slice() {
+            [m, l] => (m.clone(), l.clone()),
+            _ => {
+                return Err(PipelineError::InvalidInput(
+                    "vae: odd moment channels".into(),
+                ))
+            }
+        };
+        let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
+        Ok((mean, std))
+    }
+}

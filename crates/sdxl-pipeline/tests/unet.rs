@@ -1,0 +1,115 @@
+//! UNet parity with diffusers 0.42.1 on the tiny SDXL (`tests/fixtures/expected/unet.safetensors`).
+
+use candle_core::{DType, Device, Tensor};
+use sdxl_pipeline::checkpoint::{Checkpoint, ModelSource};
+use sdxl_pipeline::unet::SdxlUNet;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+
+fn expected() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        format!("{FIXTURES}/expected/unet.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn tiny_unet(dtype: DType) -> SdxlUNet {
+    let ckpt = Checkpoint::open(&ModelSource::DiffusersDir(
+        format!("{FIXTURES}/tiny-sdxl").into(),
+    ))
+    .unwrap();
+    ckpt.load_unet(dtype, &Device::Cpu).unwrap()
+}
+
+/// max |a − b| / max |b|
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    let diff = (a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    diff / scale
+}
+
+#[test]
+fn unet_f32_matches_diffusers() {
+    let e = expected();
+    let unet = tiny_unet(DType::F32);
+    let t = e["input.timestep"].to_scalar::<f32>().unwrap() as f64;
+    let (out, trace) = unet
+        .forward_with_intermediates(
+            &e["input.sample"],
+            t,
+            &e["input.encoder_hidden_states"],
+            &e["input.text_embeds"],
+            &e["input.time_ids"],
+        )
+        .unwrap();
+    for (name, t) in &trace {
+        let r = rel_err(t, &e[&format!("debug.{name}")]);
+        eprintln!("{name}: rel {r:e}");
+        assert!(r < 1e-4, "{name}: rel err {r}");
+    }
+    assert_eq!(trace.len(), 9);
+    let r = rel_err(&out, &e["out"]);
+    eprintln!("out: rel {r:e}");
+    assert!(r < 1e-4, "out: rel err {r}");
+}
+
+fn inputs(e: &std::collections::HashMap<String, Tensor>, dtype: DType) -> [Tensor; 4] {
+    [
+        "input.sample",
+        "input.encoder_hidden_states",
+        "input.text_embeds",
+        "input.time_ids",
+    ]
+    .map(|k| e[k].to_dtype(dtype).unwrap())
+}
+
+#[test]
+fn unet_f16_runs_close_to_f32() {
+    let e = expected();
+    // BF16 runs on CUDA only: candle 0.11's CPU backend has no BF16 matmul.
+    let dtype = DType::F16;
+    let unet = tiny_unet(dtype);
+    let [x, ctx, te, ids] = inputs(&e, dtype);
+    let out = unet.forward(&x, 500.0, &ctx, &te, &ids).unwrap();
+    assert_eq!(out.dtype(), dtype);
+    let r = rel_err(&out, &e["out"]);
+    eprintln!("{dtype:?}: rel {r:e}");
+    assert!(r < 1e-2, "{dtype:?}: rel err {r}");
+}
+
+#[test]
+fn unet_accepts_concatenated_prompts_and_fractional_timesteps() {
+    let e = expected();
+    let unet = tiny_unet(DType::F32);
+    let [x, ctx, te, ids] = inputs(&e, DType::F32);
+    // Context of 154 tokens (two 77-token chunks, the second another prompt's): runs and differs
+    // from the 77-token result.
+    let ctx2 = Tensor::cat(&[&ctx, &ctx.flip(&[0]).unwrap()], 1).unwrap();
+    let out2 = unet.forward(&x, 500.0, &ctx2, &te, &ids).unwrap();
+    assert_eq!(out2.dims(), &[2, 4, 8, 8]);
+    assert!(rel_err(&out2, &e["out"]) > 1e-4);
+    // Fractional timestep: strictly between the neighbours' outputs in at least some elements.
+    let a = unet.forward(&x, 500.0, &ctx, &te, &ids).unwrap();
+    let b = unet.forward(&x, 500.5, &ctx, &te, &ids).unwrap();
+    assert!(rel_err(&a, &b) > 1e-6);
+    // Wrong widths are input errors, not panics.
+    let bad = unet.forward(&x, 500.0, &ctx.narrow(2, 0, 79).unwrap(), &te, &ids);
+    assert!(bad.is_err());
+}
