@@ -113,3 +113,44 @@ fn unet_accepts_concatenated_prompts_and_fractional_timesteps() {
     let bad = unet.forward(&x, 500.0, &ctx.narrow(2, 0, 79).unwrap(), &te, &ids);
     assert!(bad.is_err());
 }
+
+/// Every UNet call of diffusers' 4-step Euler and DPM++ 2M Karras pipelines (timesteps 999…0,
+/// batch [uncond, cond], 64×64 micro-conditioning) from `expected/pipelines.safetensors`.
+#[test]
+fn unet_matches_every_step_of_the_diffusers_pipelines() {
+    let dir = format!("{FIXTURES}/expected");
+    let p = candle_core::safetensors::load(format!("{dir}/pipelines.safetensors"), &Device::Cpu)
+        .unwrap();
+    let te =
+        candle_core::safetensors::load(format!("{dir}/text_encoders.safetensors"), &Device::Cpu)
+            .unwrap();
+    let cat = |a: &str, b: &str| Tensor::cat(&[&te[a], &te[b]], 0).unwrap();
+    let ctx = cat(
+        "encode_prompt.negative_prompt_embeds",
+        "encode_prompt.prompt_embeds",
+    );
+    let pooled = cat(
+        "encode_prompt.negative_pooled_prompt_embeds",
+        "encode_prompt.pooled_prompt_embeds",
+    );
+    let ids = Tensor::new(
+        &[[64f32, 64., 0., 0., 64., 64.], [64., 64., 0., 0., 64., 64.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let unet = tiny_unet(DType::F32);
+    for run in ["euler.steps4", "dpmpp_2m_karras.steps4"] {
+        let ts = p[&format!("{run}.timestep_per_step")]
+            .to_vec1::<f32>()
+            .unwrap();
+        let inputs = &p[&format!("{run}.unet_input_per_step")];
+        let outputs = &p[&format!("{run}.unet_output_per_step")];
+        for (i, t) in ts.iter().enumerate() {
+            let x = inputs.get(i).unwrap();
+            let out = unet.forward(&x, *t as f64, &ctx, &pooled, &ids).unwrap();
+            let r = rel_err(&out, &outputs.get(i).unwrap());
+            eprintln!("{run} step {i} (t={t}): rel {r:e}");
+            assert!(r < 1e-4, "{run} step {i}: rel err {r}");
+        }
+    }
+}
