@@ -4,6 +4,10 @@ use candle_core::{DType, Device, Tensor};
 use sdxl_pipeline::checkpoint::{Checkpoint, ModelSource};
 use sdxl_pipeline::unet::SdxlUNet;
 
+/// Relative tolerance (max abs error / max abs expected) in f32. The brief asks for 1e-4; we measure
+/// ≤ 2.1e-6 and use 1e-5 because 1e-4 would not catch the tanh-GELU mistake (4.9e-5 on `out`).
+const TOL: f32 = 1e-5;
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
 fn expected() -> std::collections::HashMap<String, Tensor> {
@@ -62,12 +66,12 @@ fn unet_f32_matches_diffusers() {
     for (name, t) in &trace {
         let r = rel_err(t, &e[&format!("debug.{name}")]);
         eprintln!("{name}: rel {r:e}");
-        assert!(r < 1e-4, "{name}: rel err {r}");
+        assert!(r < TOL, "{name}: rel err {r}");
     }
     assert_eq!(trace.len(), 9);
     let r = rel_err(&out, &e["out"]);
     eprintln!("out: rel {r:e}");
-    assert!(r < 1e-4, "out: rel err {r}");
+    assert!(r < TOL, "out: rel err {r}");
 }
 
 fn inputs(e: &std::collections::HashMap<String, Tensor>, dtype: DType) -> [Tensor; 4] {
@@ -150,7 +154,7 @@ fn unet_matches_every_step_of_the_diffusers_pipelines() {
             let out = unet.forward(&x, *t as f64, &ctx, &pooled, &ids).unwrap();
             let r = rel_err(&out, &outputs.get(i).unwrap());
             eprintln!("{run} step {i} (t={t}): rel {r:e}");
-            assert!(r < 1e-4, "{run} step {i}: rel err {r}");
+            assert!(r < TOL, "{run} step {i}: rel err {r}");
         }
     }
 }
