@@ -114,6 +114,12 @@ fn unet_accepts_concatenated_prompts_and_fractional_timesteps() {
     let b = unet.forward(&x, 500.5, &ctx, &te, &ids).unwrap();
     assert!(rel_err(&a, &b) > 1e-6);
     // Wrong widths are input errors, not panics.
+    // f32 inputs to an f16 model are cast: the output is f16.
+    let half = tiny_unet(DType::F16);
+    assert_eq!(
+        half.forward(&x, 500.0, &ctx, &te, &ids).unwrap().dtype(),
+        DType::F16
+    );
     let bad = unet.forward(&x, 500.0, &ctx.narrow(2, 0, 79).unwrap(), &te, &ids);
     assert!(bad.is_err());
 }
