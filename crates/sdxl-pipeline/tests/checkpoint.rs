@@ -457,3 +457,37 @@ fn deltas_are_added_in_f32_before_the_cast() {
         Some(sdxl_pipeline::checkpoint::Transform::Rows { part: 0, parts: 3 })
     );
 }
+
+#[test]
+fn missing_tensor_in_a_diffusers_dir_names_the_component_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tiny_dir();
+    std::fs::copy(
+        src.join("model_index.json"),
+        tmp.path().join("model_index.json"),
+    )
+    .unwrap();
+    for c in Component::ALL {
+        let d = tmp.path().join(c.dir_name());
+        std::fs::create_dir_all(&d).unwrap();
+        for entry in std::fs::read_dir(src.join(c.dir_name())).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, d.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let vae_file = tmp.path().join("vae/diffusion_pytorch_model.safetensors");
+    let mut t = candle_core::safetensors::load(&vae_file, &Device::Cpu).unwrap();
+    t.remove("decoder.conv_out.bias");
+    candle_core::safetensors::save(&t, &vae_file).unwrap();
+    let ckpt = Checkpoint::open(&ModelSource::DiffusersDir(tmp.path().to_path_buf())).unwrap();
+    let err = ckpt.load_vae(DType::F32, &Device::Cpu).unwrap_err();
+    expect_tensor_invalid(err, &vae_file, "decoder.conv_out.bias", "missing");
+    // A component folder whose weights are an HTML page: ModelInvalid naming that file.
+    let te = tmp.path().join("text_encoder/model.safetensors");
+    std::fs::write(&te, b"<html>rate limited</html>").unwrap();
+    let err = Checkpoint::open(&ModelSource::DiffusersDir(tmp.path().to_path_buf())).unwrap_err();
+    assert!(
+        matches!(&err, PipelineError::ModelInvalid { path, .. } if path == &te),
+        "{err}"
+    );
+}

@@ -8,6 +8,9 @@ use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource};
 use sdxl_pipeline::vae::{decode_checked, AutoencoderKl};
 use sdxl_pipeline::PipelineError;
 
+/// Relative tolerance (max abs error / max abs expected) in f32; measured ≤ 2.3e-6 (brief: 1e-4).
+const TOL: f32 = 2e-5;
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
 /// The float tensors of the fixture (it also holds a BOOL flag candle cannot load).
@@ -61,7 +64,7 @@ fn decode_f32_matches_diffusers() {
     assert!(rel_err(&z, &e["decode_input"]) < 1e-7);
     let r = rel_err(&vae.decode(&z).unwrap(), &e["decode_fp32"]);
     eprintln!("decode f32 rel {r:e}");
-    assert!(r < 1e-4, "decode rel err {r}");
+    assert!(r < TOL, "decode rel err {r}");
 }
 
 #[test]
@@ -87,7 +90,7 @@ fn encode_matches_diffusers() {
         rel_err(&std, &e["encode_std"]),
     );
     eprintln!("encode mean rel {rm:e}, std rel {rs:e}");
-    assert!(rm < 1e-4 && rs < 1e-4, "encode rel err mean {rm} std {rs}");
+    assert!(rm < TOL && rs < TOL, "encode rel err mean {rm} std {rs}");
 }
 
 /// The tiny VAE with `decoder.conv_out.bias` set to 1e5, which is +inf in f16 (max 65504) but finite in f32.

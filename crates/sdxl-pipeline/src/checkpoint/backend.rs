@@ -35,9 +35,13 @@ impl ComponentBackend {
     fn invalid(&self, src: Option<&Source>, name: &str, reason: String) -> candle_core::Error {
         let (path, tensor) = match src.and_then(|s| self.files.get(s.file).map(|f| (f, s))) {
             Some((f, s)) => (f.path().to_path_buf(), s.key.clone()),
+            // A missing tensor: name the component's (first) file.
             None => (
-                self.files
-                    .first()
+                self.map
+                    .values()
+                    .next()
+                    .and_then(|s| self.files.get(s.file))
+                    .or_else(|| self.files.first())
                     .map(|f| f.path().to_path_buf())
                     .unwrap_or_default(),
                 name.to_string(),

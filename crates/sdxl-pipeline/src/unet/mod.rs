@@ -6,7 +6,7 @@ mod blocks;
 mod config;
 mod embeddings;
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 
 pub use config::{PerLevel, UNetConfig};
@@ -31,6 +31,7 @@ pub struct SdxlUNet {
     in_channels: usize,
     context_dim: usize,
     text_embeds_dim: usize,
+    dtype: DType,
 }
 
 /// Named intermediate tensors of one forward pass (the module outputs diffusers' hooks see).
@@ -150,7 +151,13 @@ impl SdxlUNet {
             in_channels: cfg.in_channels,
             context_dim: cfg.cross_attention_dim,
             text_embeds_dim,
+            dtype: vb.dtype(),
         })
+    }
+
+    /// The dtype the weights were loaded in (and of the output).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// x [B,4,h,w], timestep (fractional allowed), context [B,L,2048], text_embeds [B,1280],
@@ -231,7 +238,9 @@ impl SdxlUNet {
         mut trace: Option<&mut Intermediates>,
     ) -> Result<Tensor> {
         let b = self.check_inputs(x, context, text_embeds, time_ids)?;
-        let dtype = x.dtype();
+        // Inputs in any float dtype are cast to the model dtype (the output's dtype).
+        let dtype = self.dtype;
+        let x = &x.to_dtype(dtype)?;
         let mut record = |name: &str, t: &Tensor| {
             if let Some(tr) = trace.as_deref_mut() {
                 tr.push((name.to_string(), t.clone()));
