@@ -1,7 +1,21 @@
-//! The text-to-image request type (SPEC §3 fields that concern the pipeline) and, once written,
-//! the txt2img loop. Defaults live here and nowhere else.
+//! The text-to-image request type (SPEC §3 fields that concern the pipeline; defaults live here
+//! and nowhere else), the loaded model and the txt2img loop.
 
-use crate::prompt::PromptMode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::checkpoint::{Checkpoint, Component};
+use crate::noise::{TorchGenerator, TorchNoiseSource};
+use crate::output::RgbImage;
+use crate::prompt::{Conditioning, PromptEncoder, PromptMode};
+use crate::sampling::{self, Denoiser, ModelSchedule, Prediction};
+use crate::text_encoder::ClipTextEncoder;
+use crate::unet::SdxlUNet;
+use crate::vae::{self, AutoencoderKl};
+use crate::{PipelineError, Result};
 
 /// Default number of denoising steps.
 pub const DEFAULT_STEPS: u32 = 25;
@@ -60,5 +74,314 @@ impl Default for Txt2ImgRequest {
             clip_skip: DEFAULT_CLIP_SKIP,
             prompt_mode: PromptMode::Blend,
         }
+    }
+}
+
+/// Per-step progress of a render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepProgress {
+    /// Index of the image in the batch.
+    pub image: u32,
+    /// Steps done over the whole batch.
+    pub done: u32,
+    /// Total steps over the whole batch.
+    pub total: u32,
+}
+
+/// Wall-clock time spent in each phase, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Prompt encoding.
+    pub encode_ms: f64,
+    /// The sampler loops of all images.
+    pub denoise_ms: f64,
+    /// VAE decoding and conversion to RGB.
+    pub decode_ms: f64,
+}
+
+/// What a render produced.
+#[derive(Debug, Clone)]
+pub struct Txt2ImgOutput {
+    /// One RGB image per batch entry.
+    pub images: Vec<RgbImage>,
+    /// The seed of each image (`seed + i`).
+    pub seeds: Vec<u64>,
+    /// Sampler name for the infotext, e.g. `DPM++ 2M`.
+    pub sampler: String,
+    /// Schedule type for the infotext, e.g. `Karras`.
+    pub schedule_type: String,
+    /// Things the user should know (prompt truncation, fallbacks).
+    pub warnings: Vec<String>,
+    /// Time per phase.
+    pub timings: Timings,
+}
+
+/// How a model is loaded: dtype and device of the weights and the prediction type.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Weight dtype of the text encoders and the UNet.
+    pub dtype: DType,
+    /// Where the model runs.
+    pub device: Device,
+    /// ε- or v-prediction (from models.toml or the checkpoint).
+    pub prediction: Prediction,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            prediction: Prediction::Epsilon,
+        }
+    }
+}
+
+/// A loaded SDXL model: both text encoders, the UNet and the VAE on one device.
+pub struct SdxlModel {
+    checkpoint: Arc<Checkpoint>,
+    prompt_encoder: PromptEncoder,
+    unet: SdxlUNet,
+    vae: AutoencoderKl,
+    schedule: ModelSchedule,
+    options: LoadOptions,
+}
+
+impl SdxlModel {
+    /// Loads every component of `checkpoint` with `options`. The VAE runs in f32 when the weights
+    /// are f16 and its config asks for an upcast (SDXL's VAE overflows in f16, SPEC §8).
+    pub fn load(checkpoint: Arc<Checkpoint>, options: LoadOptions) -> Result<Self> {
+        let (dtype, device) = (options.dtype, &options.device);
+        let cfg = checkpoint.configs().clone();
+        let te1 = checkpoint.build(Component::TextEncoder, dtype, device, |vb| {
+            ClipTextEncoder::new(vb, &cfg.text_encoder)
+        })?;
+        let te2 = checkpoint.build(Component::TextEncoder2, dtype, device, |vb| {
+            ClipTextEncoder::new(vb, &cfg.text_encoder_2)
+        })?;
+        let prompt_encoder = PromptEncoder::new(te1, te2)?;
+        let unet = checkpoint.load_unet(dtype, device)?;
+        let vae = checkpoint.load_vae(vae_dtype(dtype, cfg.vae.force_upcast), device)?;
+        Ok(Self {
+            checkpoint,
+            prompt_encoder,
+            unet,
+            vae,
+            schedule: ModelSchedule::sdxl(),
+            options,
+        })
+    }
+
+    /// The checkpoint the model was loaded from.
+    pub fn checkpoint(&self) -> &Arc<Checkpoint> {
+        &self.checkpoint
+    }
+
+    /// The load options in effect.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// Renders `req.batch_size` images. `on_step` is called after every denoising step;
+    /// `cancel` is checked between steps and ends the render with [`PipelineError::Cancelled`].
+    pub fn txt2img(
+        &self,
+        req: &Txt2ImgRequest,
+        on_step: &mut dyn FnMut(StepProgress),
+        cancel: &AtomicBool,
+    ) -> Result<Txt2ImgOutput> {
+        check_request(req)?;
+        let choice = sampling::resolve_sampler(&req.sampler_name, req.scheduler.as_deref())?;
+        let sigmas = sampling::sigmas_for(&choice, &self.schedule, req.steps as usize)?;
+        let sigma0 = *sigmas
+            .first()
+            .ok_or_else(|| PipelineError::InvalidInput("empty sigma schedule".into()))?;
+
+        let started = Instant::now();
+        let cond = self.prompt_encoder.conditioning(
+            &req.prompt,
+            req.negative_prompt.as_deref(),
+            req.prompt_mode,
+            req.clip_skip,
+        )?;
+        let mut denoiser = CfgDenoiser::new(self, &cond, req)?;
+        let encode_ms = ms_since(started);
+
+        let shape = [1, 4, (req.height / 8) as usize, (req.width / 8) as usize];
+        let total = req.steps * req.batch_size;
+        let mut images = Vec::with_capacity(req.batch_size as usize);
+        let mut seeds = Vec::with_capacity(req.batch_size as usize);
+        let (mut denoise_ms, mut decode_ms) = (0.0, 0.0);
+        for i in 0..req.batch_size {
+            let seed = req.seed.wrapping_add(u64::from(i));
+            let t0 = Instant::now();
+            let noise = TorchGenerator::new(seed).randn_tensor(&shape, &self.options.device)?;
+            let x = noise.affine(choice.init_noise.factor(sigma0), 0.0)?;
+            let mut noise_source = TorchNoiseSource::new(seed, &shape, &self.options.device);
+            let mut step_cb = |k: usize, _n: usize| -> Result<()> {
+                on_step(StepProgress {
+                    image: i,
+                    done: i * req.steps + k as u32 + 1,
+                    total,
+                });
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(PipelineError::Cancelled);
+                }
+                Ok(())
+            };
+            if cancel.load(Ordering::Relaxed) {
+                return Err(PipelineError::Cancelled);
+            }
+            let latents = choice.sampler.sample(
+                &mut denoiser,
+                x,
+                &sigmas,
+                &mut noise_source,
+                &mut step_cb,
+            )?;
+            denoise_ms += ms_since(t0);
+            let t1 = Instant::now();
+            images.push(self.decode(&latents)?);
+            decode_ms += ms_since(t1);
+            seeds.push(seed);
+        }
+        Ok(Txt2ImgOutput {
+            images,
+            seeds,
+            sampler: choice.infotext_sampler.clone(),
+            schedule_type: choice.infotext_schedule.clone(),
+            warnings: cond.warnings,
+            timings: Timings {
+                encode_ms,
+                denoise_ms,
+                decode_ms,
+            },
+        })
+    }
+
+    /// Latents `[1,4,h,w]` → RGB: `vae.decode(latents / scaling_factor)`, then
+    /// `round(clamp(x/2 + 0.5, 0, 1) · 255)` in HWC order (diffusers / A1111).
+    pub fn decode(&self, latents: &Tensor) -> Result<RgbImage> {
+        let scaled = (latents.to_dtype(DType::F32)? / self.checkpoint.configs().vae.scaling_factor)?
+            .to_dtype(self.vae.dtype())?;
+        let image = vae::decode_checked(&self.vae, &scaled, || {
+            self.checkpoint.load_vae(DType::F32, &self.options.device)
+        })?;
+        let (_, _, h, w) = image.dims4()?;
+        let u8s = ((image.to_dtype(DType::F32)? / 2.0)? + 0.5)?
+            .clamp(0f32, 1f32)?
+            .affine(255.0, 0.0)?
+            .round()?
+            .squeeze(0)?
+            .permute((1, 2, 0))?
+            .to_dtype(DType::U8)?
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<u8>()?;
+        RgbImage::new(w as u32, h as u32, u8s)
+    }
+}
+
+/// VAE dtype for a model dtype: f16 with `force_upcast` decodes in f32 (SPEC §8).
+fn vae_dtype(dtype: DType, force_upcast: bool) -> DType {
+    if dtype == DType::F16 && force_upcast {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The value ranges the pipeline relies on (the worker's job schema checks the SPEC §3 limits).
+fn check_request(req: &Txt2ImgRequest) -> Result<()> {
+    let mut problems = Vec::new();
+    if req.steps == 0 {
+        problems.push("steps must be at least 1".to_string());
+    }
+    if req.batch_size == 0 {
+        problems.push("batch_size must be at least 1".to_string());
+    }
+    for (name, v) in [("width", req.width), ("height", req.height)] {
+        if v < 8 || v % 8 != 0 {
+            problems.push(format!("{name} must be a positive multiple of 8 (got {v})"));
+        }
+    }
+    if !req.cfg_scale.is_finite() {
+        problems.push("cfg_scale must be finite".to_string());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PipelineError::InvalidInput(problems.join("; ")))
+    }
+}
+
+/// The UNet behind a [`Denoiser`]: k-diffusion's `DiscreteEpsDDPMDenoiser`/`CompVisVDenoiser`
+/// scalings with fractional timesteps, and classifier-free guidance as one batch-2 UNet call
+/// (`[uncond, cond]`), or a batch-1 call when `cfg_scale ≤ 1`.
+struct CfgDenoiser<'a> {
+    unet: &'a SdxlUNet,
+    schedule: &'a ModelSchedule,
+    prediction: Prediction,
+    context: Tensor,
+    pooled: Tensor,
+    time_ids: Tensor,
+    cfg_scale: f64,
+    guided: bool,
+}
+
+impl<'a> CfgDenoiser<'a> {
+    fn new(model: &'a SdxlModel, cond: &Conditioning, req: &Txt2ImgRequest) -> Result<Self> {
+        let dtype = model.unet.dtype();
+        let device = &model.options.device;
+        let guided = req.cfg_scale > 1.0;
+        let (h, w) = (f64::from(req.height), f64::from(req.width));
+        let ids = Tensor::new(&[[h as f32, w as f32, 0.0, 0.0, h as f32, w as f32]], device)?;
+        let (context, pooled, time_ids) = if guided {
+            (
+                Tensor::cat(&[&cond.uncond.context, &cond.cond.context], 0)?,
+                Tensor::cat(&[&cond.uncond.pooled, &cond.cond.pooled], 0)?,
+                Tensor::cat(&[&ids, &ids], 0)?,
+            )
+        } else {
+            (cond.cond.context.clone(), cond.cond.pooled.clone(), ids)
+        };
+        Ok(Self {
+            unet: &model.unet,
+            schedule: &model.schedule,
+            prediction: model.options.prediction,
+            context: context.to_dtype(dtype)?,
+            pooled: pooled.to_dtype(dtype)?,
+            time_ids: time_ids.to_dtype(dtype)?,
+            cfg_scale: req.cfg_scale,
+            guided,
+        })
+    }
+}
+
+impl Denoiser for CfgDenoiser<'_> {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let x_in = x.affine(sampling::c_in(sigma), 0.0)?;
+        let x_in = if self.guided {
+            Tensor::cat(&[&x_in, &x_in], 0)?
+        } else {
+            x_in
+        };
+        let t = self.schedule.sigma_to_t(sigma);
+        let out = self
+            .unet
+            .forward(&x_in, t, &self.context, &self.pooled, &self.time_ids)?
+            .to_dtype(DType::F32)?;
+        if !self.guided {
+            return sampling::denoised_from_output(&x, &out, sigma, self.prediction);
+        }
+        let d_u = sampling::denoised_from_output(&x, &out.narrow(0, 0, 1)?, sigma, self.prediction)?;
+        let d_c = sampling::denoised_from_output(&x, &out.narrow(0, 1, 1)?, sigma, self.prediction)?;
+        // D = D_u + g·(D_c − D_u), as A1111's CFGDenoiser combines denoised values.
+        Ok((&d_u + ((d_c - &d_u)? * self.cfg_scale)?)?)
     }
 }
