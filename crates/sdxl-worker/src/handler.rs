@@ -302,3 +302,51 @@ pub fn result_body(result: &Result<JobOutput, JobError>) -> serde_json::Value {
 pub fn error_body(e: &JobError) -> serde_json::Value {
     serde_json::json!({ "error": e.message, "output": { "code": e.code } })
 }
+
+#[derive(Serialize)]
+struct CodeOnly {
+    code: ErrorCode,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireBody<'a> {
+    Success {
+        output: &'a JobOutput,
+        #[serde(rename = "stopPod", skip_serializing_if = "std::ops::Not::not")]
+        stop_pod: bool,
+    },
+    Failure {
+        error: &'a str,
+        output: CodeOnly,
+        #[serde(rename = "stopPod", skip_serializing_if = "std::ops::Not::not")]
+        stop_pod: bool,
+    },
+}
+
+/// [`result_body`] serialized straight to text (no intermediate `Value`, so multi-megabyte
+/// base64 images are copied once); `stop_pod` adds `"stopPod": true` (runpod `refresh_worker`).
+pub fn result_body_text(result: &Result<JobOutput, JobError>, stop_pod: bool) -> String {
+    let (body, estimate) = match result {
+        Ok(output) => (
+            WireBody::Success { output, stop_pod },
+            output.images.iter().map(String::len).sum::<usize>() + 4096,
+        ),
+        Err(e) => (
+            WireBody::Failure {
+                error: &e.message,
+                output: CodeOnly { code: e.code },
+                stop_pod,
+            },
+            e.message.len() + 256,
+        ),
+    };
+    let mut buf = Vec::with_capacity(estimate);
+    match serde_json::to_writer(&mut buf, &body) {
+        Ok(()) => String::from_utf8(buf).unwrap_or_default(),
+        Err(e) => format!(
+            "{{\"error\":{},\"output\":{{\"code\":\"INTERNAL\"}}}}",
+            serde_json::Value::String(format!("cannot serialize the result: {e}"))
+        ),
+    }
+}

@@ -160,6 +160,7 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, JobErr
         obj,
         problems: Vec::new(),
         unknown_models: 0,
+        notes: Vec::new(),
     };
     let defaults = Txt2ImgRequest::default();
 
@@ -185,7 +186,7 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, JobErr
     let loras = c.loras(catalog);
     let output_format = c.output_format();
 
-    let mut warnings = Vec::new();
+    let mut warnings = std::mem::take(&mut c.notes);
     let mut unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
@@ -310,6 +311,7 @@ struct Checker<'a> {
     obj: &'a Map<String, Value>,
     problems: Vec<String>,
     unknown_models: usize,
+    notes: Vec<String>,
 }
 
 impl<'a> Checker<'a> {
@@ -581,6 +583,10 @@ impl<'a> Checker<'a> {
     fn output_format(&mut self) -> Option<ImageFormat> {
         let format = self.string(&["output_format"], 20);
         let quality = self.int(&["quality"], 1, 100);
+        if quality.is_some() && format.as_deref() != Some("jpeg") {
+            self.notes
+                .push("`quality` applies to output_format \"jpeg\" only; ignored".to_string());
+        }
         let result = match format.as_deref() {
             None | Some("png") => Some(ImageFormat::Png),
             Some("jpeg") => Some(ImageFormat::Jpeg {

@@ -242,6 +242,19 @@ fn unknown_fields_are_ignored_and_named_in_warnings() {
 }
 
 #[test]
+fn quality_without_jpeg_is_a_warning() {
+    let j = ok(json!({"prompt": "p", "quality": 50}));
+    assert_eq!(j.output_format, ImageFormat::Png);
+    assert_eq!(j.warnings.len(), 1);
+    assert!(j.warnings[0].contains("`quality`"));
+    assert!(
+        ok(json!({"prompt": "p", "quality": 50, "output_format": "jpeg"}))
+            .warnings
+            .is_empty()
+    );
+}
+
+#[test]
 fn nulls_mean_absent() {
     let j = ok(
         json!({"prompt": "p", "negative_prompt": null, "steps": null, "seed": null, "loras": null, "checkpoint": null}),
@@ -448,4 +461,27 @@ fn result_and_error_bodies_have_the_wire_shape() {
     }
     let pe = sdxl_pipeline::PipelineError::OutOfMemory("CUDA".into());
     assert_eq!(JobError::from(pe).code, ErrorCode::OutOfMemory);
+}
+
+#[test]
+fn result_body_text_matches_result_body() {
+    let out = handler::execute(
+        &StubHandler::default(),
+        &json!({"prompt": "ü ✨ \"q\"", "steps": 1}),
+        &|_, _| {},
+        &CancelFlag::new(),
+    );
+    let err: Result<handler::JobOutput, JobError> =
+        Err(JobError::new(ErrorCode::Internal, "bad \"thing\"\n"));
+    for r in [out, err] {
+        let text: Value = serde_json::from_str(&handler::result_body_text(&r, false)).unwrap();
+        assert_eq!(text, handler::result_body(&r));
+        let mut with_stop: Value =
+            serde_json::from_str(&handler::result_body_text(&r, true)).unwrap();
+        assert_eq!(
+            with_stop.as_object_mut().unwrap().remove("stopPod"),
+            Some(json!(true))
+        );
+        assert_eq!(with_stop, handler::result_body(&r));
+    }
 }

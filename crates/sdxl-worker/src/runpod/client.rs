@@ -8,6 +8,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
 
+/// Timeout of one progress post.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What one take request yielded.
 #[derive(Debug)]
 pub enum TakeReply {
@@ -106,7 +109,9 @@ impl RunpodClient {
     /// Posts a progress update (one attempt; failures are only logged).
     pub async fn post_progress(&self, job_id: &str, output: &Value) {
         let body = serde_json::json!({"status": "IN_PROGRESS", "output": output}).to_string();
-        match self.post(job_id, body).await {
+        // Short timeout: a stuck progress post must not hold back the final result for long.
+        let timeout = self.cfg.post_timeout.min(PROGRESS_TIMEOUT);
+        match self.post(job_id, body, timeout).await {
             PostOutcome::Accepted => {}
             other => {
                 tracing::warn!(request_id = %job_id, "progress update not accepted: {other:?}")
@@ -119,7 +124,7 @@ impl RunpodClient {
     pub async fn post_final(&self, job_id: &str, body: String) -> bool {
         let attempts = self.cfg.result_retry_delays.len() + 1;
         for attempt in 0..attempts {
-            match self.post(job_id, body.clone()).await {
+            match self.post(job_id, body.clone(), self.cfg.post_timeout).await {
                 PostOutcome::Accepted => return true,
                 PostOutcome::Rejected(status) => {
                     tracing::error!(request_id = %job_id, "RunPod rejected the result (HTTP {status}); sending a short error instead");
@@ -132,7 +137,11 @@ impl RunpodClient {
                         "error": format!("result rejected by RunPod (HTTP {status}), likely over the size limit"),
                         "output": {"code": code},
                     });
-                    if self.post(job_id, fallback.to_string()).await != PostOutcome::Accepted {
+                    if self
+                        .post(job_id, fallback.to_string(), self.cfg.post_timeout)
+                        .await
+                        != PostOutcome::Accepted
+                    {
                         tracing::error!(request_id = %job_id, "the short error result was not accepted either");
                     }
                     return false;
@@ -149,7 +158,7 @@ impl RunpodClient {
         false
     }
 
-    async fn post(&self, job_id: &str, body: String) -> PostOutcome {
+    async fn post(&self, job_id: &str, body: String, timeout: Duration) -> PostOutcome {
         let Some(url) = self.cfg.output_url(job_id) else {
             return PostOutcome::Rejected(0);
         };
@@ -161,7 +170,7 @@ impl RunpodClient {
             .post(url)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header("X-Request-ID", request_id)
-            .timeout(self.cfg.post_timeout)
+            .timeout(timeout)
             .body(body)
             .send()
             .await;

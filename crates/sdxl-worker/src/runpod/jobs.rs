@@ -56,11 +56,10 @@ pub(super) async fn process(ctx: &JobContext, job_obj: Value) {
         tracing::info!(request_id = %id, "job stopped by RunPod; no result is posted");
     } else {
         let cfg = ctx.client.config();
-        let mut body = handler::result_body(&result);
         if let Err(e) = &result {
             tracing::error!(request_id = %id, "job failed: {e}");
         }
-        let mut text = body.to_string();
+        let mut text = handler::result_body_text(&result, cfg.refresh_worker);
         if text.len() > cfg.max_result_bytes {
             let e = JobError::new(
                 ErrorCode::ResultTooLarge,
@@ -71,14 +70,8 @@ pub(super) async fn process(ctx: &JobContext, job_obj: Value) {
                 ),
             );
             tracing::error!(request_id = %id, "{e}");
-            body = handler::error_body(&e);
+            text = handler::result_body_text(&Err(e), cfg.refresh_worker);
         }
-        if cfg.refresh_worker {
-            if let Some(obj) = body.as_object_mut() {
-                obj.insert("stopPod".into(), Value::Bool(true));
-            }
-        }
-        text = body.to_string();
         let _ = tx.send(Outgoing::Final(text));
     }
     drop(tx);
