@@ -57,6 +57,18 @@ fn bench(c: &mut Criterion) {
     c.bench_function("worker/base64_1024_png", |b| {
         b.iter(|| to_base64(black_box(&png)))
     });
+    let v2: serde_json::Value = serde_json::from_str(JOB).unwrap();
+    let validated = job::validate(&v2["input"], stub.catalog()).unwrap();
+    let out = Ok(JobOutput {
+        images: vec![to_base64(&png)],
+        parameters: validated.parameters(),
+        info: validated.infotext(0),
+        warnings: Vec::new(),
+        timings: Timings::default(),
+    });
+    c.bench_function("worker/serialize_result_body_1024_png", |b| {
+        b.iter(|| handler::result_body_text(black_box(&out), false).len())
+    });
     c.bench_function("worker/per_job_overhead_1024_png", |b| {
         b.iter(|| per_job(black_box(&png), &stub))
     });

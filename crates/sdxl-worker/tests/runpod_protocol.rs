@@ -459,8 +459,10 @@ async fn heartbeat_lists_the_running_job_while_it_blocks_and_while_it_posts() {
 async fn stop_channel_cancels_the_named_job_without_a_result() {
     let fake = FakeRunpod::start().await;
     fake.push_take(Reply::json(job("s1", json!({"prompt": "x", "steps": 50}))));
-    fake.push_stop(Reply::json(json!({"jobsToStop": ["s1", 7]})).after(Duration::from_millis(800)));
     let (sd, task) = start(fake.config("?gpu=H"), slow(100));
+    // Stop only once the job is visibly running (robust on a loaded machine).
+    assert!(wait_until(LONG, || fake.dones().iter().any(|r| r.is_progress())).await);
+    fake.push_stop(Reply::json(json!({"jobsToStop": ["s1", 7]})));
     assert!(
         wait_until(LONG, || fake.takes().len() >= 2).await,
         "worker moved on after the stop"
