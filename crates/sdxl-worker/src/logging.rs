@@ -129,3 +129,18 @@ impl Visit for FieldCollector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::cut_middle;
+
+    #[test]
+    fn long_messages_are_cut_in_the_middle() {
+        assert_eq!(cut_middle("short", 10), "short");
+        let s = "a".repeat(10) + &"b".repeat(10);
+        assert_eq!(
+            cut_middle(&s, 10),
+            "aaaaa...TRUNCATED 10 CHARACTERS...bbbbb"
+        );
+    }
+}
