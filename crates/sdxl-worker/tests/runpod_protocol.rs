@@ -518,3 +518,22 @@ async fn shutdown_mid_job_finishes_and_posts_it() {
     assert!(f[0].json()["output"]["images"].is_array());
     assert_eq!(fake.takes().len(), 1, "no take after the shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_posts_are_retried_after_transport_errors() {
+    let fake = FakeRunpod::start().await;
+    fake.push_take(Reply::json(job("t1", small_input())));
+    // The first final post hangs past the client timeout (a transport error, unlike the SDK we retry).
+    fake.push_done(Reply::status(200).after(Duration::from_secs(3)));
+    let mut cfg = fake.config("");
+    cfg.post_timeout = Duration::from_secs(1);
+    let (sd, task) = start(cfg, StubHandler::default());
+    assert!(wait_until(LONG, || fake.finals_for("t1").len() == 2).await);
+    stop(sd, task).await;
+    let f = fake.finals_for("t1");
+    assert_eq!(f[0].body, f[1].body);
+    assert!(
+        f[1].at - f[0].at >= Duration::from_millis(1200),
+        "timeout then the 300 ms retry delay"
+    );
+}
