@@ -1,9 +1,92 @@
-//! (being written)
+//! The local HTTP API (SPEC §2): RunPod routes (`/run`, `/runsync`, `/status/{id}`, `/cancel/{id}`,
+//! `/health`, also under `/v2/{endpoint_id}/...`) and an AUTOMATIC1111 subset under `/sdapi/v1`.
+//! Jobs run in the background one at a time; every error reply is JSON.
 
+mod a1111;
+pub mod error;
+mod runpod_routes;
+pub mod state;
+
+pub use error::ApiError;
+pub use state::{ApiConfig, ApiState, JobState};
+
+use crate::handler::{self, JobHandler};
+use crate::logging;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Builds the router over a started [`ApiState`].
+pub fn router(state: Arc<ApiState>) -> Router {
+    let runpod = Router::new()
+        .route("/run", post(runpod_routes::run))
+        .route("/runsync", post(runpod_routes::runsync))
+        .route(
+            "/status/{id}",
+            get(runpod_routes::status).post(runpod_routes::status),
+        )
+        .route("/cancel/{id}", post(runpod_routes::cancel))
+        .route("/health", get(runpod_routes::health));
+    let a1111 = Router::new()
+        .route("/txt2img", post(a1111::txt2img))
+        .route("/sd-models", get(a1111::sd_models))
+        .route("/options", get(a1111::get_options).post(a1111::set_options))
+        .route("/progress", get(a1111::progress))
+        .route("/samplers", get(a1111::samplers))
+        .route("/loras", get(a1111::loras));
+    Router::new()
+        .merge(runpod.clone())
+        .nest("/v2/{endpoint_id}", runpod)
+        .nest("/sdapi/v1", a1111)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this route does not accept that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handler: Arc<dyn JobHandler>,
+    config: ApiConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = ApiState::start(handler, config);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
 
 /// Serves the local HTTP API on `host:port` until interrupted.
-pub fn run(_host: &str, _port: u16, _models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("the local API is not implemented yet")
+pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
+    logging::init_stderr();
+    let handler = handler::load_handler(models_toml)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let host = if host == "localhost" { "127.0.0.1" } else { host };
+        let addr: SocketAddr = format!("{host}:{port}").parse().or_else(|_| {
+            format!("[{host}]:{port}").parse::<SocketAddr>()
+        })?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!("local API listening on http://{addr} (RunPod routes, /v2/<endpoint>/..., /sdapi/v1/...)");
+        serve(listener, handler, ApiConfig::default(), async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,608 @@
-//! (being written)
+//! The job schema of SPEC §3: hand-written validation of the `input` object that reports every
+//! problem at once and coerces nothing, producing a [`ValidatedJob`] for the handler.
+
+use crate::handler::{Catalog, ErrorCode, JobError, LoraSpec};
+use sdxl_pipeline::output::{format_number, ImageFormat, Infotext};
+use sdxl_pipeline::pipeline::Txt2ImgRequest;
+use sdxl_pipeline::prompt::PromptMode;
+use serde_json::{json, Map, Value};
+use std::hash::{BuildHasher, Hasher};
+
+/// Largest allowed seed (2^53 − 1, exact in a JSON double).
+pub const MAX_SEED: i64 = (1 << 53) - 1;
+/// Longest accepted prompt / negative prompt, in characters.
+pub const MAX_PROMPT_CHARS: usize = 20_000;
+/// Most LoRAs one job may apply.
+pub const MAX_LORAS: usize = 16;
+/// JPEG quality when the job gives none (A1111's default).
+pub const DEFAULT_JPEG_QUALITY: u8 = 80;
+
+/// Field names this schema understands (aliases included); anything else is warned about.
+pub const KNOWN_FIELDS: &[&str] = &[
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "num_inference_steps",
+    "cfg_scale",
+    "guidance_scale",
+    "width",
+    "height",
+    "sampler_name",
+    "sampler",
+    "scheduler",
+    "seed",
+    "batch_size",
+    "num_images",
+    "loras",
+    "checkpoint",
+    "clip_skip",
+    "prompt_mode",
+    "output_format",
+    "quality",
+];
+
+/// A job that passed validation: what the pipeline needs plus the worker-level choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedJob {
+    /// The pipeline request (seed already resolved: never random here).
+    pub request: Txt2ImgRequest,
+    /// Checkpoint name from the catalog (`None` only when the catalog has none).
+    pub checkpoint: Option<String>,
+    /// LoRAs to apply, in order (the catalog defaults when the job sent no `loras`).
+    pub loras: Vec<LoraSpec>,
+    /// Encoding of the returned images.
+    pub output_format: ImageFormat,
+    /// True when the job asked for seed −1 and the seed was drawn at random.
+    pub seed_was_random: bool,
+    /// Validation warnings (ignored fields), to be returned with the output.
+    pub warnings: Vec<String>,
+}
+
+impl ValidatedJob {
+    /// The seeds of the batch: image i uses `seed + i`.
+    pub fn seeds(&self) -> Vec<u64> {
+        (0..u64::from(self.request.batch_size))
+            .map(|i| self.request.seed.saturating_add(i))
+            .collect()
+    }
+
+    /// Every effective parameter (SPEC §4 `parameters`), seeds as a list.
+    pub fn parameters(&self) -> Value {
+        let r = &self.request;
+        let (format, quality) = match self.output_format {
+            ImageFormat::Png => ("png", None),
+            ImageFormat::Jpeg { quality } => ("jpeg", Some(quality)),
+            ImageFormat::WebP => ("webp", None),
+        };
+        json!({
+            "prompt": r.prompt,
+            "negative_prompt": r.negative_prompt,
+            "steps": r.steps,
+            "cfg_scale": r.cfg_scale,
+            "width": r.width,
+            "height": r.height,
+            "sampler_name": r.sampler_name,
+            "scheduler": r.scheduler,
+            "seed": r.seed,
+            "seeds": self.seeds(),
+            "batch_size": r.batch_size,
+            "clip_skip": r.clip_skip,
+            "prompt_mode": match r.prompt_mode { PromptMode::Blend => "blend", PromptMode::Concat => "concat" },
+            "checkpoint": self.checkpoint,
+            "loras": self.loras,
+            "output_format": format,
+            "quality": quality,
+        })
+    }
+
+    /// The A1111 infotext of image `index` (without LoRA hashes, which only the model side knows).
+    pub fn infotext(&self, index: u32) -> String {
+        let r = &self.request;
+        let (sampler, schedule) = split_sampler(&r.sampler_name, r.scheduler.as_deref());
+        let mut extra = Vec::new();
+        if !self.loras.is_empty() {
+            let list = self
+                .loras
+                .iter()
+                .map(|l| format!("{}:{}", l.name, format_number(l.scale)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            extra.push(("Loras".to_string(), list));
+        }
+        Infotext {
+            prompt: r.prompt.clone(),
+            negative_prompt: r.negative_prompt.clone(),
+            steps: r.steps,
+            sampler,
+            schedule_type: schedule,
+            cfg_scale: r.cfg_scale,
+            seed: r.seed.saturating_add(u64::from(index)),
+            width: r.width,
+            height: r.height,
+            model: self.checkpoint.clone(),
+            clip_skip: (r.clip_skip > 2).then_some(r.clip_skip),
+            extra,
+            ..Infotext::default()
+        }
+        .render()
+    }
+}
+
+/// Splits `DPM++ 2M Karras` into (`DPM++ 2M`, `Karras`); an explicit scheduler wins.
+fn split_sampler(name: &str, scheduler: Option<&str>) -> (String, Option<String>) {
+    let mut base = name.to_string();
+    let mut schedule = None;
+    for suffix in ["Karras", "Exponential"] {
+        if let Some(stripped) = name.strip_suffix(&format!(" {suffix}")) {
+            base = stripped.to_string();
+            schedule = Some(suffix.to_string());
+        }
+    }
+    if let Some(s) = scheduler.filter(|s| *s != "automatic") {
+        let mut chars = s.chars();
+        schedule = chars
+            .next()
+            .map(|c| c.to_uppercase().collect::<String>() + chars.as_str());
+    }
+    (base, schedule)
+}
+
+/// Validates a job `input` against the catalog, collecting every problem into one error.
+/// The error code is `UNKNOWN_MODEL` when the only problems are unknown model names.
+pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, JobError> {
+    let Some(obj) = input.as_object() else {
+        return Err(JobError::invalid_input(format!(
+            "invalid input: `input` must be a JSON object, got {}",
+            describe(input)
+        )));
+    };
+    let mut c = Checker {
+        obj,
+        problems: Vec::new(),
+        unknown_models: 0,
+        notes: Vec::new(),
+    };
+    let defaults = Txt2ImgRequest::default();
+
+    let prompt = match obj.get("prompt") {
+        None | Some(Value::Null) => {
+            c.problem("`prompt` is required (a string)".to_string());
+            None
+        }
+        Some(_) => c.string(&["prompt"], MAX_PROMPT_CHARS),
+    };
+    let negative_prompt = c.string(&["negative_prompt"], MAX_PROMPT_CHARS);
+    let steps = c.int(&["steps", "num_inference_steps"], 1, 150);
+    let cfg_scale = c.number(&["cfg_scale", "guidance_scale"], 0.0, 30.0);
+    let width = c.dimension("width");
+    let height = c.dimension("height");
+    let sampler = c.sampler(catalog);
+    let scheduler = c.scheduler(catalog);
+    let seed = c.int(&["seed"], -1, MAX_SEED);
+    let batch_size = c.int(&["batch_size", "num_images"], 1, 8);
+    let clip_skip = c.int(&["clip_skip"], 1, 12);
+    let prompt_mode = c.prompt_mode();
+    let checkpoint = c.checkpoint(catalog);
+    let loras = c.loras(catalog);
+    let output_format = c.output_format();
+
+    let mut warnings = std::mem::take(&mut c.notes);
+    let mut unknown: Vec<&str> = obj
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !KNOWN_FIELDS.contains(k))
+        .collect();
+    unknown.sort_unstable();
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "ignored unknown field(s): {}",
+            unknown
+                .iter()
+                .map(|k| truncate(k, 64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+
+    if !c.problems.is_empty() {
+        let code = if c.unknown_models == c.problems.len() {
+            ErrorCode::UnknownModel
+        } else {
+            ErrorCode::InvalidInput
+        };
+        let n = c.problems.len();
+        let head = if n == 1 {
+            "invalid input".to_string()
+        } else {
+            format!("invalid input ({n} problems)")
+        };
+        return Err(JobError::new(
+            code,
+            format!("{head}: {}", c.problems.join("; ")),
+        ));
+    }
+
+    let (seed, seed_was_random) = match seed {
+        None | Some(-1) => (random_seed(), true),
+        Some(s) => (u64::try_from(s).unwrap_or(0), false),
+    };
+    let request = Txt2ImgRequest {
+        prompt: prompt.unwrap_or_default(),
+        negative_prompt: negative_prompt.filter(|n| !n.is_empty()),
+        steps: steps.map_or(defaults.steps, to_u32),
+        cfg_scale: cfg_scale.unwrap_or(defaults.cfg_scale),
+        width: width.unwrap_or(defaults.width),
+        height: height.unwrap_or(defaults.height),
+        sampler_name: sampler.unwrap_or(defaults.sampler_name),
+        scheduler,
+        seed,
+        batch_size: batch_size.map_or(defaults.batch_size, to_u32),
+        clip_skip: clip_skip.map_or(defaults.clip_skip, to_u32),
+        prompt_mode: prompt_mode.unwrap_or(defaults.prompt_mode),
+    };
+    Ok(ValidatedJob {
+        request,
+        checkpoint: checkpoint
+            .or_else(|| catalog.effective_default_checkpoint().map(str::to_string)),
+        loras: loras.unwrap_or_else(|| catalog.default_loras.clone()),
+        output_format: output_format.unwrap_or_default(),
+        seed_was_random,
+        warnings,
+    })
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// A random seed in A1111's range (32 bits), from the OS-seeded hasher keys.
+pub fn random_seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() & 0xFFFF_FFFF
+}
+
+/// A short description of a JSON value for error messages: `true (a boolean)`, `"7" (a string)`.
+pub fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("{b} (a boolean)"),
+        Value::Number(n) if n.is_f64() => {
+            format!("{} (a non-integer number)", truncate(&n.to_string(), 32))
+        }
+        Value::Number(n) => format!("{} (an integer)", truncate(&n.to_string(), 32)),
+        Value::String(s) => format!("{} (a string)", truncate(&format!("{s:?}"), 40)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(max_chars).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Why a job-supplied name is not acceptable as a model name (paths and odd characters).
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        Some("is empty")
+    } else if name.contains('/') || name.contains('\\') || name.contains("..") {
+        Some("looks like a path (names may not contain `/`, `\\` or `..`)")
+    } else if name.chars().any(char::is_control) {
+        Some("contains control characters")
+    } else if name.chars().count() > 200 {
+        Some("is longer than 200 characters")
+    } else {
+        None
+    }
+}
+
+/// Collects problems while reading fields.
+struct Checker<'a> {
+    obj: &'a Map<String, Value>,
+    problems: Vec<String>,
+    unknown_models: usize,
+    notes: Vec<String>,
+}
+
+impl<'a> Checker<'a> {
+    fn problem(&mut self, p: String) {
+        self.problems.push(p);
+    }
+
+    /// The value of a field or its alias; `null` counts as absent. Conflicting aliases are a problem.
+    fn get(&mut self, names: &[&'a str]) -> Option<(&'a str, &'a Value)> {
+        let present: Vec<(&str, &Value)> = names
+            .iter()
+            .filter_map(|n| self.obj.get(*n).filter(|v| !v.is_null()).map(|v| (*n, v)))
+            .collect();
+        match present.as_slice() {
+            [] => None,
+            [one] => Some(*one),
+            [first, rest @ ..] => {
+                if rest.iter().all(|(_, v)| *v == first.1) {
+                    Some(*first)
+                } else {
+                    let list = present
+                        .iter()
+                        .map(|(n, _)| format!("`{n}`"))
+                        .collect::<Vec<_>>();
+                    self.problem(format!(
+                        "{} are aliases of one field but have different values",
+                        list.join(" and ")
+                    ));
+                    None
+                }
+            }
+        }
+    }
+
+    fn int(&mut self, names: &[&'a str], min: i64, max: i64) -> Option<i64> {
+        let (name, v) = self.get(names)?;
+        match v.as_i64() {
+            Some(i) if (min..=max).contains(&i) => Some(i),
+            Some(_) => {
+                self.problem(format!(
+                    "`{name}` must be {min}..={max}, got {}",
+                    describe(v)
+                ));
+                None
+            }
+            None => {
+                let why = if v.as_u64().is_some() {
+                    format!("must be {min}..={max}")
+                } else {
+                    "must be an integer".to_string()
+                };
+                self.problem(format!("`{name}` {why}, got {}", describe(v)));
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, names: &[&'a str], min: f64, max: f64) -> Option<f64> {
+        let (name, v) = self.get(names)?;
+        match v.as_f64() {
+            Some(x) if x.is_finite() && x >= min && x <= max => Some(x),
+            Some(_) => {
+                self.problem(format!(
+                    "`{name}` must be a number in {}..={}, got {}",
+                    format_number(min),
+                    format_number(max),
+                    describe(v)
+                ));
+                None
+            }
+            None => {
+                self.problem(format!("`{name}` must be a number, got {}", describe(v)));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, names: &[&'a str], max_chars: usize) -> Option<String> {
+        let (name, v) = self.get(names)?;
+        match v.as_str() {
+            Some(s) if s.chars().count() <= max_chars => Some(s.to_string()),
+            Some(_) => {
+                self.problem(format!("`{name}` is longer than {max_chars} characters"));
+                None
+            }
+            None => {
+                self.problem(format!("`{name}` must be a string, got {}", describe(v)));
+                None
+            }
+        }
+    }
+
+    fn dimension(&mut self, name: &'a str) -> Option<u32> {
+        let (_, v) = self.get(&[name])?;
+        let Some(i) = v.as_i64() else {
+            self.problem(format!(
+                "`{name}` must be an integer (multiple of 8, 64..=2048), got {}",
+                describe(v)
+            ));
+            return None;
+        };
+        if !(64..=2048).contains(&i) || i % 8 != 0 {
+            self.problem(format!(
+                "`{name}` must be a multiple of 8 in 64..=2048, got {i}"
+            ));
+            return None;
+        }
+        u32::try_from(i).ok()
+    }
+
+    /// Picks the catalog's spelling of `value` (exact, else case-insensitive).
+    fn lookup<'c>(list: impl Iterator<Item = &'c String>, value: &str) -> Option<String> {
+        let mut ci = None;
+        for item in list {
+            if item == value {
+                return Some(item.clone());
+            }
+            if ci.is_none() && item.eq_ignore_ascii_case(value) {
+                ci = Some(item.clone());
+            }
+        }
+        ci
+    }
+
+    fn sampler(&mut self, catalog: &Catalog) -> Option<String> {
+        let name = self.string(&["sampler_name", "sampler"], 200)?;
+        let found = Self::lookup(catalog.samplers.iter(), name.trim());
+        if found.is_none() {
+            self.problem(format!(
+                "unknown sampler {:?}; available: {}",
+                truncate(&name, 60),
+                catalog.samplers.join(", ")
+            ));
+        }
+        found
+    }
+
+    fn scheduler(&mut self, catalog: &Catalog) -> Option<String> {
+        let name = self.string(&["scheduler"], 100)?;
+        let found = Self::lookup(catalog.schedulers.iter(), name.trim());
+        if found.is_none() {
+            self.problem(format!(
+                "unknown scheduler {:?}; available: {}",
+                truncate(&name, 60),
+                catalog.schedulers.join(", ")
+            ));
+        }
+        found
+    }
+
+    fn prompt_mode(&mut self) -> Option<PromptMode> {
+        let s = self.string(&["prompt_mode"], 100)?;
+        let mode = PromptMode::parse(&s);
+        if mode.is_none() {
+            self.problem(format!(
+                "`prompt_mode` must be \"blend\" or \"concat\", got {:?}",
+                truncate(&s, 40)
+            ));
+        }
+        mode
+    }
+
+    fn model_name(&mut self, field: &str, name: &str, known: Vec<&String>) -> Option<String> {
+        if let Some(why) = name_problem(name) {
+            self.problem(format!("{field} {:?} {why}", truncate(name, 60)));
+            return None;
+        }
+        let found = Self::lookup(known.iter().copied(), name);
+        if found.is_none() {
+            self.unknown_models += 1;
+            let list = known
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.problem(format!(
+                "unknown {field} {:?}; available: {list}",
+                truncate(name, 60)
+            ));
+        }
+        found
+    }
+
+    fn checkpoint(&mut self, catalog: &Catalog) -> Option<String> {
+        let name = self.string(&["checkpoint"], 1000)?;
+        self.model_name("checkpoint", &name, catalog.checkpoints.iter().collect())
+    }
+
+    fn loras(&mut self, catalog: &Catalog) -> Option<Vec<LoraSpec>> {
+        let (_, v) = self.get(&["loras"])?;
+        let Some(items) = v.as_array() else {
+            self.problem(format!(
+                "`loras` must be an array of {{\"name\", \"scale\"}} objects, got {}",
+                describe(v)
+            ));
+            return None;
+        };
+        if items.len() > MAX_LORAS {
+            self.problem(format!(
+                "`loras` has {} entries; at most {MAX_LORAS} are allowed",
+                items.len()
+            ));
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let Some(obj) = item.as_object() else {
+                self.problem(format!(
+                    "`loras[{i}]` must be an object {{\"name\", \"scale\"}}, got {}",
+                    describe(item)
+                ));
+                ok = false;
+                continue;
+            };
+            let name = match obj.get("name") {
+                Some(Value::String(s)) => {
+                    let known = catalog.loras.iter().map(|l| &l.name).collect();
+                    self.model_name(&format!("LoRA (`loras[{i}].name`)"), s, known)
+                }
+                Some(other) => {
+                    self.problem(format!(
+                        "`loras[{i}].name` must be a string, got {}",
+                        describe(other)
+                    ));
+                    None
+                }
+                None => {
+                    self.problem(format!("`loras[{i}].name` is required"));
+                    None
+                }
+            };
+            let scale = match obj.get("scale") {
+                None | Some(Value::Null) => name
+                    .as_ref()
+                    .and_then(|n| catalog.loras.iter().find(|l| &l.name == n).map(|l| l.scale)),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x.is_finite() && (-4.0..=4.0).contains(&x) => Some(x),
+                    _ => {
+                        self.problem(format!(
+                            "`loras[{i}].scale` must be a number in -4..=4, got {}",
+                            describe(v)
+                        ));
+                        None
+                    }
+                },
+            };
+            for key in obj.keys().filter(|k| *k != "name" && *k != "scale") {
+                self.problem(format!(
+                    "`loras[{i}]` has unknown key `{}` (only `name` and `scale`)",
+                    truncate(key, 40)
+                ));
+                ok = false;
+            }
+            match (name, scale) {
+                (Some(name), Some(scale)) => {
+                    if out.iter().any(|l: &LoraSpec| l.name == name) {
+                        self.problem(format!("LoRA {name:?} is listed twice in `loras`"));
+                        ok = false;
+                    }
+                    out.push(LoraSpec { name, scale });
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn output_format(&mut self) -> Option<ImageFormat> {
+        let format = self.string(&["output_format"], 20);
+        let quality = self.int(&["quality"], 1, 100);
+        if quality.is_some() && format.as_deref() != Some("jpeg") {
+            self.notes
+                .push("`quality` applies to output_format \"jpeg\" only; ignored".to_string());
+        }
+        let result = match format.as_deref() {
+            None | Some("png") => Some(ImageFormat::Png),
+            Some("jpeg") => Some(ImageFormat::Jpeg {
+                quality: quality
+                    .and_then(|q| u8::try_from(q).ok())
+                    .unwrap_or(DEFAULT_JPEG_QUALITY),
+            }),
+            Some("webp") => Some(ImageFormat::WebP),
+            Some(other) => {
+                self.problem(format!(
+                    "`output_format` must be \"png\", \"jpeg\" or \"webp\", got {:?}",
+                    truncate(other, 20)
+                ));
+                None
+            }
+        };
+        result
+    }
+}

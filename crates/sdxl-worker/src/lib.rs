@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod handler;
 pub mod job;
 pub mod local;
+pub mod logging;
 pub mod models;
 pub mod render;
 pub mod runpod;

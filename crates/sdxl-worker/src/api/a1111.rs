@@ -1,0 +1,242 @@
+//! The AUTOMATIC1111 API subset: `txt2img` (same queue as RunPod jobs), `sd-models`, `options`
+//! (`sd_model_checkpoint` switches the default checkpoint), `progress`, `samplers`, `loras`.
+
+use super::error::{parse_json_body, ApiError};
+use super::runpod_routes::with_selected_checkpoint;
+use super::state::{ApiState, JobState};
+use crate::handler::{JobError, JobOutput};
+use crate::job::{self, ValidatedJob};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Reply = Result<Json<Value>, ApiError>;
+
+/// Longest a `txt2img` request waits for its image.
+const TXT2IMG_WAIT: Duration = Duration::from_secs(3600);
+
+/// Maps an A1111 request onto the job schema: `sampler_index` (legacy) fills `sampler_name`,
+/// `override_settings.sd_model_checkpoint` fills `checkpoint`. Other fields pass through (the
+/// validator warns about the ones it ignores).
+pub fn a1111_to_input(mut body: Map<String, Value>) -> Map<String, Value> {
+    if body.get("sampler_name").is_none_or(Value::is_null) {
+        if let Some(s) = body.get("sampler_index").cloned() {
+            body.insert("sampler_name".into(), s);
+        }
+    }
+    if body.get("checkpoint").is_none_or(Value::is_null) {
+        let ckpt = body
+            .get("override_settings")
+            .and_then(|o| o.get("sd_model_checkpoint"))
+            .filter(|v| !v.is_null())
+            .cloned();
+        if let Some(c) = ckpt {
+            body.insert("checkpoint".into(), c);
+        }
+    }
+    body.remove("sampler_index");
+    body.remove("override_settings");
+    body
+}
+
+/// `POST /sdapi/v1/txt2img` → `{"images", "parameters", "info": "<JSON string>"}`.
+pub async fn txt2img(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body = parse_json_body(body)?;
+    let Value::Object(obj) = body else {
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object",
+        ));
+    };
+    let input = with_selected_checkpoint(&state, Value::Object(a1111_to_input(obj)));
+    let validated =
+        job::validate(&input, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
+    let id = state
+        .enqueue(validated.clone())
+        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "QUEUE_FULL", e.message))?;
+    match state.wait_final(&id, TXT2IMG_WAIT).await {
+        Some(JobState::Completed(out)) => Ok(Json(a1111_reply(&validated, &out))),
+        Some(JobState::Failed(e)) => Err(ApiError::from_job(&e)),
+        Some(JobState::Cancelled) => Err(ApiError::from_job(&JobError::new(
+            crate::handler::ErrorCode::Cancelled,
+            "the job was cancelled",
+        ))),
+        _ => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "TIMEOUT",
+            "the job did not finish in time",
+        )),
+    }
+}
+
+/// Builds A1111's reply; `info` is a JSON string like A1111's `Processed.js()`.
+pub fn a1111_reply(job: &ValidatedJob, out: &JobOutput) -> Value {
+    let r = &job.request;
+    let seeds = job.seeds();
+    let infotexts: Vec<String> = seeds
+        .iter()
+        .map(|s| {
+            out.info
+                .replacen(&format!("Seed: {}", r.seed), &format!("Seed: {s}"), 1)
+        })
+        .collect();
+    let negative = r.negative_prompt.clone().unwrap_or_default();
+    let info = json!({
+        "prompt": r.prompt,
+        "all_prompts": vec![r.prompt.clone(); seeds.len()],
+        "negative_prompt": negative,
+        "all_negative_prompts": vec![negative.clone(); seeds.len()],
+        "seed": r.seed,
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": vec![-1; seeds.len()],
+        "subseed_strength": 0,
+        "width": r.width,
+        "height": r.height,
+        "sampler_name": r.sampler_name,
+        "cfg_scale": r.cfg_scale,
+        "steps": r.steps,
+        "batch_size": r.batch_size,
+        "restore_faces": false,
+        "face_restoration_model": null,
+        "sd_model_name": job.checkpoint,
+        "sd_model_hash": null,
+        "sd_vae_name": null,
+        "sd_vae_hash": null,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": 0,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": "",
+        "clip_skip": r.clip_skip,
+        "is_using_inpainting_conditioning": false,
+        "version": format!("sdxl-worker {}", env!("CARGO_PKG_VERSION")),
+        "warnings": out.warnings,
+        "timings": out.timings,
+    });
+    json!({
+        "images": out.images,
+        "parameters": out.parameters,
+        "info": info.to_string(),
+    })
+}
+
+/// `GET /sdapi/v1/sd-models`.
+pub async fn sd_models(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .handler
+        .catalog()
+        .checkpoints
+        .iter()
+        .map(|n| json!({"title": n, "model_name": n, "hash": null, "sha256": null, "filename": n, "config": null}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+/// `GET /sdapi/v1/options`.
+pub async fn get_options(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let current = state.selected_checkpoint().or_else(|| {
+        state
+            .handler
+            .catalog()
+            .effective_default_checkpoint()
+            .map(str::to_string)
+    });
+    Json(
+        json!({"sd_model_checkpoint": current, "CLIP_stop_at_last_layers": sdxl_pipeline::pipeline::DEFAULT_CLIP_SKIP}),
+    )
+}
+
+/// `POST /sdapi/v1/options`: `sd_model_checkpoint` selects the default checkpoint; other keys
+/// are accepted and ignored.
+pub async fn set_options(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body = parse_json_body(body)?;
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object",
+        ));
+    };
+    if let Some(v) = obj.get("sd_model_checkpoint").filter(|v| !v.is_null()) {
+        // Reuse the job validator so names are checked exactly as in jobs.
+        let probe = json!({"prompt": "", "checkpoint": v});
+        let validated =
+            job::validate(&probe, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
+        if let Some(name) = validated.checkpoint {
+            tracing::info!("default checkpoint switched to {name:?}");
+            state.select_checkpoint(name);
+        }
+    }
+    Ok(Json(Value::Null))
+}
+
+/// `GET /sdapi/v1/progress`.
+pub async fn progress(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let (_, _, in_progress, in_queue) = state.counts();
+    let cur = state.current();
+    let (fraction, step, total, job) = match &cur {
+        Some(c) if c.total > 0 => (
+            f64::from(c.step) / f64::from(c.total),
+            c.step,
+            c.total,
+            c.id.clone(),
+        ),
+        Some(c) => (0.0, c.step, c.total, c.id.clone()),
+        None => (0.0, 0, 0, String::new()),
+    };
+    Json(json!({
+        "progress": fraction,
+        "eta_relative": 0.0,
+        "state": {
+            "skipped": false,
+            "interrupted": false,
+            "stopping_generation": false,
+            "job": job,
+            "job_count": in_progress + in_queue,
+            "job_timestamp": "",
+            "job_no": 0,
+            "sampling_step": step,
+            "sampling_steps": total,
+        },
+        "current_image": null,
+        "textinfo": null,
+    }))
+}
+
+/// `GET /sdapi/v1/samplers`.
+pub async fn samplers(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .handler
+        .catalog()
+        .samplers
+        .iter()
+        .map(|n| json!({"name": n, "aliases": [], "options": {}}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+/// `GET /sdapi/v1/loras`.
+pub async fn loras(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .handler
+        .catalog()
+        .loras
+        .iter()
+        .map(|l| json!({"name": l.name, "alias": l.name, "path": l.name, "metadata": {}, "default_scale": l.scale}))
+        .collect();
+    Json(Value::Array(list))
+}

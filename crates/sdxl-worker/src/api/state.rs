@@ -1,0 +1,368 @@
+//! Job bookkeeping of the local API: the store of jobs by id, the single background runner that
+//! executes them one at a time, and result expiry.
+
+use crate::handler::{self, CancelFlag, ErrorCode, JobError, JobHandler, JobOutput};
+use crate::job::ValidatedJob;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Tunables of the local API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How long finished results stay readable (30 min).
+    pub result_ttl: Duration,
+    /// Largest accepted request body (1 MiB).
+    pub body_limit: usize,
+    /// `/runsync` wait when the request gives no `?wait=` (90 s).
+    pub default_runsync_wait: Duration,
+    /// Longest `/runsync` wait a request may ask for (5 min).
+    pub max_runsync_wait: Duration,
+    /// Most jobs waiting in the queue; more are answered 429.
+    pub max_queued: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            result_ttl: Duration::from_secs(30 * 60),
+            body_limit: 1 << 20,
+            default_runsync_wait: Duration::from_secs(90),
+            max_runsync_wait: Duration::from_secs(300),
+            max_queued: 1000,
+        }
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    /// Waiting for the runner.
+    InQueue,
+    /// Running; the latest progress payload, if any.
+    InProgress(Option<Value>),
+    /// Done.
+    Completed(Box<JobOutput>),
+    /// Failed (including validation failures).
+    Failed(JobError),
+    /// Cancelled through `/cancel/{id}`.
+    Cancelled,
+}
+
+impl JobState {
+    /// True for the terminal states.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Completed(_) | Self::Failed(_) | Self::Cancelled)
+    }
+
+    /// The RunPod status word.
+    pub fn status_word(&self) -> &'static str {
+        match self {
+            Self::InQueue => "IN_QUEUE",
+            Self::InProgress(_) => "IN_PROGRESS",
+            Self::Completed(_) => "COMPLETED",
+            Self::Failed(_) => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+struct JobRecord {
+    state: watch::Sender<JobState>,
+    cancel: CancelFlag,
+    created: Instant,
+    started: Option<Instant>,
+    finished: Option<Instant>,
+}
+
+/// Progress of the running job, for `/sdapi/v1/progress`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CurrentProgress {
+    /// Job id.
+    pub id: String,
+    /// Steps done.
+    pub step: u32,
+    /// Steps in total.
+    pub total: u32,
+}
+
+struct Queued {
+    id: String,
+    job: ValidatedJob,
+}
+
+/// Shared state of the API server.
+pub struct ApiState {
+    /// The handler jobs run on.
+    pub handler: Arc<dyn JobHandler>,
+    /// Tunables.
+    pub config: ApiConfig,
+    jobs: Mutex<HashMap<String, JobRecord>>,
+    queue: mpsc::UnboundedSender<Queued>,
+    current: Mutex<Option<CurrentProgress>>,
+    checkpoint: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A new job id in the runpod SDK's local style (`test-<uuid-like>`).
+pub fn new_job_id() -> String {
+    let a = crate::job::random_seed();
+    let b = crate::job::random_seed();
+    let c = crate::job::random_seed();
+    let d = crate::job::random_seed();
+    format!(
+        "test-{a:08x}-{:04x}-{:04x}-{:04x}-{:04x}{d:08x}",
+        b >> 16,
+        b & 0xffff,
+        c >> 16,
+        c & 0xffff
+    )
+}
+
+impl ApiState {
+    /// Creates the state and starts the background runner (needs a tokio runtime).
+    pub fn start(handler: Arc<dyn JobHandler>, config: ApiConfig) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(Self {
+            handler,
+            config,
+            jobs: Mutex::default(),
+            queue: tx,
+            current: Mutex::default(),
+            checkpoint: Mutex::default(),
+        });
+        tokio::spawn(runner(Arc::downgrade(&state), rx));
+        state
+    }
+
+    /// The checkpoint chosen through `/sdapi/v1/options` (default for jobs naming none).
+    pub fn selected_checkpoint(&self) -> Option<String> {
+        lock(&self.checkpoint).clone()
+    }
+
+    /// Selects the checkpoint for jobs naming none.
+    pub fn select_checkpoint(&self, name: String) {
+        *lock(&self.checkpoint) = Some(name);
+    }
+
+    /// Progress of the running job.
+    pub fn current(&self) -> Option<CurrentProgress> {
+        lock(&self.current).clone()
+    }
+
+    fn expire(&self, jobs: &mut HashMap<String, JobRecord>) {
+        let ttl = self.config.result_ttl;
+        jobs.retain(|_, r| r.finished.is_none_or(|f| f.elapsed() < ttl));
+    }
+
+    /// Records a job that failed before it could be queued (validation); returns its id.
+    pub fn record_failed(&self, error: JobError) -> String {
+        let id = new_job_id();
+        let now = Instant::now();
+        let mut jobs = lock(&self.jobs);
+        self.expire(&mut jobs);
+        jobs.insert(
+            id.clone(),
+            JobRecord {
+                state: watch::channel(JobState::Failed(error)).0,
+                cancel: CancelFlag::new(),
+                created: now,
+                started: None,
+                finished: Some(now),
+            },
+        );
+        id
+    }
+
+    /// Queues a validated job; `Err` when the queue is full.
+    pub fn enqueue(&self, job: ValidatedJob) -> Result<String, JobError> {
+        let id = new_job_id();
+        let mut jobs = lock(&self.jobs);
+        self.expire(&mut jobs);
+        let queued = jobs
+            .values()
+            .filter(|r| *r.state.borrow() == JobState::InQueue)
+            .count();
+        if queued >= self.config.max_queued {
+            return Err(JobError::new(
+                ErrorCode::Internal,
+                format!("the queue is full ({queued} jobs waiting)"),
+            ));
+        }
+        jobs.insert(
+            id.clone(),
+            JobRecord {
+                state: watch::channel(JobState::InQueue).0,
+                cancel: CancelFlag::new(),
+                created: Instant::now(),
+                started: None,
+                finished: None,
+            },
+        );
+        drop(jobs);
+        self.queue
+            .send(Queued {
+                id: id.clone(),
+                job,
+            })
+            .map_err(|_| JobError::internal("the job runner has stopped"))?;
+        Ok(id)
+    }
+
+    /// The state of a job, or `None` when unknown or expired.
+    pub fn state(&self, id: &str) -> Option<JobState> {
+        let mut jobs = lock(&self.jobs);
+        self.expire(&mut jobs);
+        jobs.get(id).map(|r| r.state.borrow().clone())
+    }
+
+    /// The RunPod status object of a job: `{id, status, output?, error?, delayTime, executionTime}`.
+    pub fn status_json(&self, id: &str) -> Option<Value> {
+        let mut jobs = lock(&self.jobs);
+        self.expire(&mut jobs);
+        let r = jobs.get(id)?;
+        let state = r.state.borrow().clone();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let delay = r
+            .started
+            .map_or_else(|| r.created.elapsed(), |s| s - r.created);
+        let exec = match (r.started, r.finished) {
+            (Some(s), Some(f)) => f - s,
+            (Some(s), None) => s.elapsed(),
+            _ => Duration::ZERO,
+        };
+        let mut v = json!({
+            "id": id,
+            "status": state.status_word(),
+            "delayTime": ms(delay),
+            "executionTime": ms(exec),
+            "workerId": "local",
+        });
+        if let Some(obj) = v.as_object_mut() {
+            match state {
+                JobState::InProgress(Some(p)) => {
+                    obj.insert("output".into(), p);
+                }
+                JobState::Completed(out) => {
+                    obj.insert("output".into(), json!(out));
+                }
+                JobState::Failed(e) => {
+                    obj.insert("error".into(), json!(e.message));
+                    obj.insert("output".into(), json!({"code": e.code}));
+                }
+                _ => {}
+            }
+        }
+        Some(v)
+    }
+
+    /// Waits until the job is final or `timeout` passes; returns the last state seen.
+    pub async fn wait_final(&self, id: &str, timeout: Duration) -> Option<JobState> {
+        let mut rx = {
+            let jobs = lock(&self.jobs);
+            jobs.get(id)?.state.subscribe()
+        };
+        let waited = tokio::time::timeout(timeout, rx.wait_for(JobState::is_final))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|s| s.clone());
+        waited.or_else(|| Some(rx.borrow().clone()))
+    }
+
+    /// Cancels a queued or running job; returns its new status word.
+    pub fn cancel(&self, id: &str) -> Option<&'static str> {
+        let jobs = lock(&self.jobs);
+        let r = jobs.get(id)?;
+        let state = r.state.borrow().clone();
+        if state.is_final() {
+            return Some(state.status_word());
+        }
+        r.cancel.cancel();
+        if state == JobState::InQueue {
+            r.state.send_replace(JobState::Cancelled);
+        }
+        Some("CANCELLED")
+    }
+
+    /// Counts for `/health`: (completed, failed, in progress, in queue).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let mut jobs = lock(&self.jobs);
+        self.expire(&mut jobs);
+        let mut c = (0, 0, 0, 0);
+        for r in jobs.values() {
+            match &*r.state.borrow() {
+                JobState::Completed(_) => c.0 += 1,
+                JobState::Failed(_) | JobState::Cancelled => c.1 += 1,
+                JobState::InProgress(_) => c.2 += 1,
+                JobState::InQueue => c.3 += 1,
+            }
+        }
+        c
+    }
+
+    fn set_state(&self, id: &str, state: JobState) {
+        let mut jobs = lock(&self.jobs);
+        if let Some(r) = jobs.get_mut(id) {
+            if state.is_final() {
+                r.finished = Some(Instant::now());
+            } else if matches!(state, JobState::InProgress(None)) {
+                r.started = Some(Instant::now());
+            }
+            r.state.send_replace(state);
+        }
+    }
+
+    fn take_for_run(&self, id: &str) -> Option<CancelFlag> {
+        let jobs = lock(&self.jobs);
+        let r = jobs.get(id)?;
+        let queued = *r.state.borrow() == JobState::InQueue;
+        queued.then(|| r.cancel.clone())
+    }
+}
+
+/// Runs queued jobs one at a time on a blocking thread.
+async fn runner(state: std::sync::Weak<ApiState>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    while let Some(Queued { id, job }) = rx.recv().await {
+        let Some(st) = state.upgrade() else { return };
+        let Some(cancel) = st.take_for_run(&id) else {
+            continue; // cancelled or expired while queued
+        };
+        st.set_state(&id, JobState::InProgress(None));
+        *lock(&st.current) = Some(CurrentProgress {
+            id: id.clone(),
+            step: 0,
+            total: job.request.steps,
+        });
+        let st2 = st.clone();
+        let id2 = id.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let progress = |step: u32, total: u32| {
+                *lock(&st2.current) = Some(CurrentProgress {
+                    id: id2.clone(),
+                    step,
+                    total,
+                });
+                st2.set_state(
+                    &id2,
+                    JobState::InProgress(Some(json!({"step": step, "total": total}))),
+                );
+            };
+            handler::run_validated(st2.handler.as_ref(), &job, &progress, &cancel)
+        })
+        .await
+        .unwrap_or_else(|e| Err(JobError::internal(format!("the job thread failed: {e}"))));
+        *lock(&st.current) = None;
+        let final_state = match result {
+            Ok(out) => JobState::Completed(Box::new(out)),
+            Err(e) if e.code == ErrorCode::Cancelled => JobState::Cancelled,
+            Err(e) => JobState::Failed(e),
+        };
+        st.set_state(&id, final_state);
+    }
+}
