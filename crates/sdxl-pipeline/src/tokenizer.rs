@@ -6,6 +6,8 @@
 //! own id 0 there (diffusers issue #4153); we keep that quirk, since HF ids are what diffusers feeds
 //! the encoders.
 
+use std::sync::OnceLock;
+
 use tokenizers::Tokenizer;
 
 use crate::{PipelineError, Result};
@@ -55,12 +57,15 @@ const BYTE_LEVEL_WITHOUT_REGEX: &str =
 /// re-splits each run with GPT-2's regex, which finds the whole run again. That second regex
 /// (fancy-regex, with a look-ahead) costs about a third of the time, so texts are tokenized by a
 /// copy without it. The only runs it would split are the literal special-token strings, so a text
-/// containing `<|` goes through the unmodified tokenizer (a test compares both on many prompts).
+/// containing `<|` goes through the unmodified tokenizer, built on first use (a test compares both
+/// on many prompts).
 #[derive(Clone)]
 pub struct ClipTokenizer {
     kind: TokenizerKind,
-    inner: Tokenizer,
-    fast: Option<Tokenizer>,
+    /// The tokenizer without the redundant regex, or the unmodified one if it could not be made.
+    primary: Tokenizer,
+    primary_is_exact: bool,
+    exact: OnceLock<Tokenizer>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -74,35 +79,52 @@ impl std::fmt::Debug for ClipTokenizer {
 impl ClipTokenizer {
     /// Loads the embedded `tokenizer.json` of `kind`.
     pub fn new(kind: TokenizerKind) -> Result<Self> {
-        let json = match kind {
-            TokenizerKind::ClipL => CLIP_L_JSON,
-            TokenizerKind::ClipG => CLIP_G_JSON,
-        };
-        let load = |bytes: &[u8]| {
-            Tokenizer::from_bytes(bytes)
-                .map_err(|e| PipelineError::Tokenizer(format!("loading {kind:?}: {e}")))
-        };
-        let inner = load(json)?;
+        let json = Self::json(kind);
         let fast = match std::str::from_utf8(json) {
             Ok(text) if text.matches(BYTE_LEVEL_WITH_REGEX).count() == 1 => Some(load(
+                kind,
                 text.replace(BYTE_LEVEL_WITH_REGEX, BYTE_LEVEL_WITHOUT_REGEX)
                     .as_bytes(),
             )?),
             _ => None,
         };
-        Ok(Self { kind, inner, fast })
+        let primary_is_exact = fast.is_none();
+        let primary = match fast {
+            Some(t) => t,
+            None => load(kind, json)?,
+        };
+        Ok(Self {
+            kind,
+            primary,
+            primary_is_exact,
+            exact: OnceLock::new(),
+        })
+    }
+
+    fn json(kind: TokenizerKind) -> &'static [u8] {
+        match kind {
+            TokenizerKind::ClipL => CLIP_L_JSON,
+            TokenizerKind::ClipG => CLIP_G_JSON,
+        }
+    }
+
+    /// The unmodified HF tokenizer.
+    fn exact(&self) -> Result<&Tokenizer> {
+        if self.primary_is_exact {
+            return Ok(&self.primary);
+        }
+        if let Some(t) = self.exact.get() {
+            return Ok(t);
+        }
+        let _ = self.exact.set(load(self.kind, Self::json(self.kind))?);
+        self.exact
+            .get()
+            .ok_or_else(|| PipelineError::Tokenizer("tokenizer not initialised".into()))
     }
 
     /// Token ids of the whole text through the unmodified HF tokenizer (slower; see the type).
     pub fn content_ids_exact(&self, text: &str) -> Result<Vec<u32>> {
-        Self::encode_with(&self.inner, text)
-    }
-
-    fn encode_with(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-        let enc = tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        encode_with(self.exact()?, text)
     }
 
     /// Which tokenizer this is.
@@ -112,14 +134,15 @@ impl ClipTokenizer {
 
     /// The id of a vocabulary token such as `",</w>"`.
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        self.primary.token_to_id(token)
     }
 
     /// Token ids of the whole text without BOS/EOS and without truncation.
     pub fn content_ids(&self, text: &str) -> Result<Vec<u32>> {
-        match &self.fast {
-            Some(fast) if !text.contains("<|") => Self::encode_with(fast, text),
-            _ => Self::encode_with(&self.inner, text),
+        if text.contains("<|") {
+            self.content_ids_exact(text)
+        } else {
+            encode_with(&self.primary, text)
         }
     }
 
@@ -140,4 +163,16 @@ impl ClipTokenizer {
         out.resize(SEQ_LEN, self.kind.pad_id());
         out
     }
+}
+
+fn load(kind: TokenizerKind, json: &[u8]) -> Result<Tokenizer> {
+    Tokenizer::from_bytes(json)
+        .map_err(|e| PipelineError::Tokenizer(format!("loading {kind:?}: {e}")))
+}
+
+fn encode_with(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let enc = tokenizer
+        .encode_fast(text, false)
+        .map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
+    Ok(enc.get_ids().to_vec())
 }
