@@ -6,6 +6,7 @@
 mod text_support;
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
 use sdxl_pipeline::prompt::{EncodingKind, PromptEncoder, PromptMode};
@@ -15,12 +16,16 @@ const PIPE_PROMPT: &str =
     "a photo of an astronaut riding a horse on mars, (red hair:1.2), highly detailed";
 const PIPE_NEGATIVE: &str = "blurry, low quality, watermark";
 
-fn encoder() -> PromptEncoder {
-    PromptEncoder::new(
-        tiny_encoder("text_encoder", DType::F32),
-        tiny_encoder("text_encoder_2", DType::F32),
-    )
-    .unwrap()
+/// One encoder shared by all tests (building tokenizers and encoders is the slow part).
+fn encoder() -> &'static PromptEncoder {
+    static ENCODER: OnceLock<PromptEncoder> = OnceLock::new();
+    ENCODER.get_or_init(|| {
+        PromptEncoder::new(
+            tiny_encoder("text_encoder", DType::F32),
+            tiny_encoder("text_encoder_2", DType::F32),
+        )
+        .unwrap()
+    })
 }
 
 fn fixture_prompts() -> HashMap<String, String> {
@@ -308,7 +313,7 @@ fn concat_chunk_boundaries_follow_a1111_comma_backtrack() {
 
 #[test]
 fn failing_long_prompt_falls_back_to_first_77_tokens_with_a_warning() {
-    let enc = encoder().with_max_chunks(2);
+    let enc = encoder().clone().with_max_chunks(2);
     let prompt = &fixture_prompts()["long"]; // 181 tokens = 3 chunks
     let (got, warnings) = enc.encode(prompt, PromptMode::Blend, 2).unwrap();
     assert_eq!(warnings.len(), 1, "{warnings:?}");

@@ -61,3 +61,37 @@ fn wrap_chunk_pads_per_tokenizer_and_cuts_at_75() {
         [vec![BOS_ID, EOS_ID], vec![0; 75]].concat()
     );
 }
+
+#[test]
+fn fast_path_equals_the_unmodified_hf_tokenizer() {
+    let mut texts = token_id_prompts();
+    texts.extend(
+        [
+            "it's 'quoted' o'clock, they'll we'd I'M ''s '''",
+            "x.'s --- ... ?!? ¿qué? «guillemets» 1,000.50 $5 100%",
+            "combining e\u{301} and precomposed é, Ǆ ǅ ǆ, ΣΑΣ, İstanbul",
+            "tabs\tand\r\nnewlines \u{00a0}nbsp \u{2003}em-space",
+            "<|endoftext|> <|ENDOFTEXT|> <|startoftext|>x <| |> <||>",
+            "emoji 👩‍👩‍👧 🏳️‍🌈 ✨ 日本語 한국어 العربية हिन्दी",
+            "snake_case kebab-case CamelCase a/b\\c @user #tag",
+        ]
+        .map(String::from),
+    );
+    for kind in [TokenizerKind::ClipL, TokenizerKind::ClipG] {
+        let tok = ClipTokenizer::new(kind).unwrap();
+        for text in &texts {
+            assert_eq!(
+                tok.content_ids(text).unwrap(),
+                tok.content_ids_exact(text).unwrap(),
+                "{kind:?}: {text:?}"
+            );
+            // the fast path is really taken for texts without `<|`: check it on a variant
+            let no_guard = text.replace("<|", "< |");
+            assert_eq!(
+                tok.content_ids(&no_guard).unwrap(),
+                tok.content_ids_exact(&no_guard).unwrap(),
+                "{kind:?}: {no_guard:?}"
+            );
+        }
+    }
+}
