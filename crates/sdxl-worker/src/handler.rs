@@ -2,8 +2,10 @@
 //! [`JobHandler`] trait, the success/failure types of SPEC §4, the error codes, the [`Catalog`] of
 //! names a job may use, and [`execute`], which validates a raw `input` and runs it safely.
 
+mod model;
 mod stub;
 
+pub use model::{catalog_from, source_for, ModelHandler};
 pub use stub::StubHandler;
 
 use crate::job::{self, ValidatedJob};
@@ -209,6 +211,10 @@ impl CancelFlag {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+    /// The underlying flag, as the pipeline polls it between denoising steps.
+    pub fn as_atomic(&self) -> &AtomicBool {
+        &self.0
+    }
 }
 
 /// Runs validated jobs. Implementations do the GPU work; they are called on a blocking thread.
@@ -282,10 +288,31 @@ pub fn load_handler(models_toml: Option<&Path>) -> anyhow::Result<Arc<dyn JobHan
             ..StubHandler::default()
         }));
     }
-    let _ = models_toml;
-    anyhow::bail!(
-        "the model-backed job handler is not wired in yet (set {STUB_HANDLER_ENV}=1 for the test stub)"
-    )
+    let config = crate::models::ModelsConfig::load(models_toml)?;
+    let (device, dtype) = device_from_env()?;
+    let handler = ModelHandler::new(config, device, dtype)?;
+    if let Err(e) = handler.preload() {
+        tracing::error!(code = e.code.as_str(), "could not load the default checkpoint: {}", e.message);
+    }
+    Ok(Arc::new(handler))
+}
+
+/// Env `SDXL_DEVICE` (`cpu`, `cuda`, `cuda:N`; default: CUDA when this build and machine have it)
+/// and `SDXL_DTYPE` (`f32`, `f16`, `bf16`; default f16 on CUDA, f32 on CPU).
+pub fn device_from_env() -> anyhow::Result<(candle_core::Device, candle_core::DType)> {
+    let device = match std::env::var("SDXL_DEVICE") {
+        Ok(spec) => sdxl_pipeline::device::parse_device(&spec)?,
+        Err(_) if candle_core::utils::cuda_is_available() => {
+            sdxl_pipeline::device::parse_device("cuda")?
+        }
+        Err(_) => candle_core::Device::Cpu,
+    };
+    let dtype = match std::env::var("SDXL_DTYPE") {
+        Ok(spec) => sdxl_pipeline::device::parse_dtype(&spec)?,
+        Err(_) if device.is_cuda() => candle_core::DType::F16,
+        Err(_) => candle_core::DType::F32,
+    };
+    Ok((device, dtype))
 }
 
 /// The JSON body a finished job is reported with (SPEC §4): `{"output": <JobOutput>}` on

@@ -438,7 +438,13 @@ impl<'a> Checker<'a> {
 
     fn sampler(&mut self, catalog: &Catalog) -> Option<String> {
         let name = self.string(&["sampler_name", "sampler"], 200)?;
-        let found = Self::lookup(catalog.samplers.iter(), name.trim());
+        // Catalog names, plus every spelling the pipeline resolves (legacy "DPM++ 2M Karras",
+        // A1111 aliases such as "k_dpmpp_2m").
+        let found = Self::lookup(catalog.samplers.iter(), name.trim()).or_else(|| {
+            sdxl_pipeline::sampling::resolve_sampler(name.trim(), None)
+                .ok()
+                .map(|_| name.trim().to_string())
+        });
         if found.is_none() {
             self.problem(format!(
                 "unknown sampler {:?}; available: {}",

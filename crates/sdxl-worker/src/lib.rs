@@ -14,3 +14,4 @@ pub mod logging;
 pub mod models;
 pub mod render;
 pub mod runpod;
+pub mod store;

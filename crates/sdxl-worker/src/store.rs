@@ -1,0 +1,63 @@
+//! Blocking access to models.toml entries for the GPU side: resolves an entry to a verified local
+//! file, downloading it on first use through the async [`ModelCache`] on a private runtime.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cache::{CacheEntry, ModelCache};
+use crate::download::{DownloadError, DownloadProgress, TracingProgress};
+use crate::models::ModelsConfig;
+
+/// models.toml plus its cache, usable from blocking (non-async) code.
+pub struct ModelStore {
+    config: ModelsConfig,
+    cache: ModelCache,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl ModelStore {
+    /// Opens the cache of `config` (creating the cache dir when needed).
+    pub fn new(config: ModelsConfig) -> anyhow::Result<Self> {
+        let cache = ModelCache::new(&config)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sdxl-fetch")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            config,
+            cache,
+            runtime,
+        })
+    }
+
+    /// The parsed models.toml.
+    pub fn config(&self) -> &ModelsConfig {
+        &self.config
+    }
+
+    /// A verified local path for `entry`, downloading it first if needed. Progress goes to the
+    /// log (`tracing`) unless `progress` is given. Safe to call from any thread, including a
+    /// blocking thread of another tokio runtime.
+    pub fn fetch(
+        &self,
+        entry: &dyn CacheEntry,
+        progress: Option<&dyn DownloadProgress>,
+    ) -> Result<PathBuf, DownloadError> {
+        let logged = TracingProgress::new(Duration::from_secs(2));
+        let progress = progress.unwrap_or(&logged);
+        let fut = self.cache.ensure(entry, progress);
+        std::thread::scope(|s| {
+            s.spawn(|| self.runtime.block_on(fut))
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(DownloadError::Io {
+                        name: entry.name().to_string(),
+                        what: "downloading (the download thread panicked)",
+                        file: self.cache.cached_path(entry),
+                        source: std::io::Error::other("panic"),
+                    })
+                })
+        })
+    }
+}
