@@ -1,0 +1,88 @@
+//! End to end with the tiny fixture model: models.toml → model-backed handler → local API
+//! `runsync` → base64 PNG whose `parameters` chunk carries the A1111 infotext.
+
+use sdxl_worker::api::{self, ApiConfig};
+use sdxl_worker::handler::{JobHandler, ModelHandler};
+use sdxl_worker::models::ModelsConfig;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+
+fn tiny_models_toml(cache: &Path) -> ModelsConfig {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let text = format!(
+        r#"
+cache_dir = "{cache}"
+
+[[checkpoints]]
+name = "Tiny SDXL"
+path = "{file}"
+config = "{config}"
+"#,
+        cache = cache.display(),
+        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
+        config = fx.join("tiny-sdxl").display(),
+    );
+    ModelsConfig::from_toml_str(&text, &cache.join("models.toml")).expect("models.toml")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsync_returns_png_with_infotext() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = tiny_models_toml(cache.path());
+    let handler = tokio::task::spawn_blocking(move || {
+        let h = ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32)
+            .expect("handler");
+        h.preload().expect("preload");
+        h
+    })
+    .await
+    .unwrap();
+    let handler: Arc<dyn JobHandler> = Arc::new(handler);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(api::serve(
+        listener,
+        handler,
+        ApiConfig::default(),
+        std::future::pending(),
+    ));
+
+    let job = json!({"input": {
+        "prompt": "a photo of an astronaut riding a horse on mars",
+        "negative_prompt": "blurry",
+        "steps": 3, "cfg_scale": 6.5, "width": 96, "height": 64, "seed": 42,
+        "sampler_name": "DPM++ 2M Karras", "batch_size": 2
+    }});
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{base}/runsync"))
+        .json(&job)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "COMPLETED", "{reply}");
+    let output = &reply["output"];
+    let images = output["images"].as_array().expect("images");
+    assert_eq!(images.len(), 2);
+    assert_eq!(output["parameters"]["seeds"], json!([42, 43]));
+    for (i, b64) in images.iter().enumerate() {
+        use base64::Engine as _;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .expect("bare base64");
+        let info = sdxl_pipeline::output::read_png_parameters(&png)
+            .unwrap()
+            .expect("parameters chunk");
+        assert!(info.starts_with("a photo of an astronaut riding a horse on mars\nNegative prompt: blurry\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5,"), "{info}");
+        assert!(info.contains(&format!("Seed: {}", 42 + i)), "{info}");
+        assert!(info.contains("Size: 96x64, Model: Tiny SDXL"), "{info}");
+        let img = image::load_from_memory(&png).unwrap();
+        assert_eq!((img.width(), img.height()), (96, 64));
+    }
+    let t = &output["timings"];
+    assert!(t["total_ms"].as_u64().is_some() && t["denoise_ms"].as_u64().is_some());
+}
