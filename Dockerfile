@@ -24,17 +24,18 @@ ARG BAKE_MODELS=false
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${UBUNTU_VERSION} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG CUDA_VERSION
-# Optional exact cuDNN package version (e.g. 9.21.1.3-1); empty = the newest cuDNN 9 for CUDA 12.
+# Optional exact cuDNN package version (e.g. 9.21.1.3-1); empty = the newest cuDNN 9 for this CUDA.
 # Must be >= 9.21: candle's `cudnn` feature uses cudarc's cuDNN 9.21 bindings.
 ARG CUDNN_VERSION=""
 # The CUDA packages come with the image (pinned by CUDA_VERSION) and cuDNN by CUDNN_VERSION;
 # build tools follow the Ubuntu release.
 # hadolint ignore=DL3008
-RUN apt-get update \
+RUN cuda_major=${CUDA_VERSION%%.*} \
  && cudnn_pin=${CUDNN_VERSION:+=${CUDNN_VERSION}} \
+ && apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential ca-certificates curl git pkg-config \
-      "libcudnn9-cuda-12${cudnn_pin}" "libcudnn9-dev-cuda-12${cudnn_pin}" \
+      "libcudnn9-cuda-${cuda_major}${cudnn_pin}" "libcudnn9-dev-cuda-${cuda_major}${cudnn_pin}" \
  && rm -rf /var/lib/apt/lists/*
 
 ARG RUST_VERSION=1.95.0
@@ -72,7 +73,7 @@ RUN --mount=type=secret,id=civitai_api_key,required=false \
  && CIVITAI_API_KEY="$(cat /run/secrets/civitai_api_key 2>/dev/null || true)" \
     SDXL_CACHE_DIR=/opt/sdxl-models LD_LIBRARY_PATH=/tmp/cuda-stub \
     /out/sdxl-worker --models-toml /src/models.toml fetch \
- && rm -rf /tmp/cuda-stub /opt/sdxl-models/*.part
+ && rm -rf /tmp/cuda-stub
 
 ############################ runtime: what RunPod runs ############################
 FROM nvidia/cuda:${CUDA_VERSION}-base-ubuntu${UBUNTU_VERSION} AS runtime-base
@@ -84,11 +85,12 @@ ARG CUDNN_VERSION=""
 # CUDA packages are pinned by CUDA_VERSION (their names carry it), cuDNN by CUDNN_VERSION.
 # hadolint ignore=DL3008
 RUN cuda_pkg=$(echo "${CUDA_VERSION}" | cut -d. -f1,2 | tr . -) \
+ && cuda_major=${CUDA_VERSION%%.*} \
  && cudnn_pin=${CUDNN_VERSION:+=${CUDNN_VERSION}} \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates "libcublas-${cuda_pkg}" "libcurand-${cuda_pkg}" "cuda-nvrtc-${cuda_pkg}" \
-      "libcudnn9-cuda-12${cudnn_pin}" \
+      "libcudnn9-cuda-${cuda_major}${cudnn_pin}" \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /out/sdxl-worker /usr/local/bin/sdxl-worker
