@@ -5,8 +5,41 @@
 # in the package's Cargo.toml. Each file must hold exactly one `cargo build` command, on one line.
 #
 # Usage: scripts/check-docker-features.sh [DOCKERFILE [CHECK_CUDA_SCRIPT]]
+#        scripts/check-docker-features.sh --self-test   # shows that each kind of mismatch fails
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = --self-test ]; then
+  t=$(mktemp -d)
+  trap 'rm -rf "$t"' EXIT
+  # name | file(s) to mutate (d = Dockerfile, c = check-cuda.sh, b = both) | sed expression
+  # shellcheck disable=SC2016  # the sed expressions are literal on purpose
+  cases=(
+    'feature missing in Dockerfile|d|s/"cuda,cudnn\${extra}"/"cuda${extra}"/'
+    'extra feature in check-cuda.sh|c|s/--features "cuda,cudnn"/--features "cuda,cudnn,flash-attn"/'
+    'other package|d|s/-p sdxl-worker/-p sdxl-pipeline/'
+    'debug build|d|s/cargo build --release/cargo build/'
+    'undeclared feature on both sides|b|s/"cuda,cudnn/"cuda,cudnn,cudaa/'
+    'FLASH_ATTN switch changed|d|s/extra=",flash-attn"/extra=",other"/'
+    'compute capability default|d|s/^ARG CUDA_COMPUTE_CAP=90/ARG CUDA_COMPUTE_CAP=89/'
+  )
+  "$0" Dockerfile scripts/check-cuda.sh >/dev/null || { echo "self-test: the real files do not pass" >&2; exit 1; }
+  for c in "${cases[@]}"; do
+    IFS='|' read -r name which expr <<<"$c"
+    cp Dockerfile "$t/Dockerfile"; cp scripts/check-cuda.sh "$t/check-cuda.sh"
+    [ "$which" = c ] || sed -i "$expr" "$t/Dockerfile"
+    [ "$which" = d ] || sed -i "$expr" "$t/check-cuda.sh"
+    if cmp -s "$t/Dockerfile" Dockerfile && cmp -s "$t/check-cuda.sh" scripts/check-cuda.sh; then
+      echo "self-test: case '$name' changed nothing" >&2; exit 1
+    fi
+    if "$0" "$t/Dockerfile" "$t/check-cuda.sh" >/dev/null 2>&1; then
+      echo "self-test: case '$name' was not detected" >&2; exit 1
+    fi
+    echo "self-test: detected: $name"
+  done
+  echo "check-docker-features: self-test OK"
+  exit 0
+fi
 dockerfile=${1:-Dockerfile}
 check_script=${2:-scripts/check-cuda.sh}
 fail() { echo "check-docker-features: $*" >&2; exit 1; }
