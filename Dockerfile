@@ -95,6 +95,7 @@ RUN cuda_pkg=$(echo "${CUDA_VERSION}" | cut -d. -f1,2 | tr . -) \
 WORKDIR /app
 COPY --from=build /out/sdxl-worker /usr/local/bin/sdxl-worker
 COPY models.toml /app/models.toml
+COPY test_input.json /app/test_input.json
 ENV SDXL_MODELS_TOML=/app/models.toml
 
 # BAKE_MODELS=false: models download on first use into /runpod-volume/sdxl-models.
