@@ -11,7 +11,7 @@ use sdxl_pipeline::noise::TorchGenerator;
 use sdxl_pipeline::sampling::ddim::Ddim;
 use sdxl_pipeline::sampling::dpm2::Dpm2;
 use sdxl_pipeline::sampling::dpmpp_2m::DpmPp2M;
-use sdxl_pipeline::sampling::dpmpp_2m_sde::DpmPp2MSde;
+use sdxl_pipeline::sampling::dpmpp_2m_sde::{DpmPp2MSde, SolverType};
 use sdxl_pipeline::sampling::dpmpp_3m_sde::DpmPp3MSde;
 use sdxl_pipeline::sampling::dpmpp_sde::DpmPpSde;
 use sdxl_pipeline::sampling::euler::Euler;
@@ -99,7 +99,11 @@ fn toy_model_matches_k_diffusion_in_f64() {
     let t = load("toy.safetensors");
     for list in ["karras10", "uniform20"] {
         let sigmas = f64s(&t[&format!("{list}.sigmas")]);
-        for (name, sampler) in samplers() {
+        let heun: Box<dyn Sampler> = Box::new(DpmPp2MSde {
+            solver: SolverType::Heun,
+            ..DpmPp2MSde::default()
+        });
+        for (name, sampler) in samplers().into_iter().chain([("dpmpp_2m_sde_heun", heun)]) {
             let ours = run_toy(sampler.as_ref(), &sigmas);
             let want = f64s(&t[&format!("{list}.{name}")])[0];
             assert!(

@@ -46,8 +46,8 @@ mod tests {
 
     #[test]
     fn v_and_eps_agree_on_the_exact_toy_model() {
-        // For data x0 = 0.3 and noise n = 1.2 at σ = 2: x = x0 + σ n, ε = n, v = (x0·σ... )
-        // v-target with σ_data = 1: v = (σ·x_ve/(σ²+1)... use the identity D = x0 for exact outputs.
+        // Data x0 = 0.3, noise n = 1.2, σ = 2: VE x = x0 + σ·n. A perfect model outputs ε = n, or
+        // v = α·n − σ_vp·x0 with α = 1/√(σ²+1), σ_vp = σ·α (VP coordinates); both must give D = x0.
         let (x0, n, s) = (0.3f64, 1.2f64, 2.0f64);
         let x = x0 + s * n;
         let alpha = 1.0 / (s * s + 1.0).sqrt();
