@@ -262,7 +262,8 @@ impl SdxlModel {
     /// Latents `[1,4,h,w]` → RGB: `vae.decode(latents / scaling_factor)`, then
     /// `round(clamp(x/2 + 0.5, 0, 1) · 255)` in HWC order (diffusers / A1111).
     pub fn decode(&self, latents: &Tensor) -> Result<RgbImage> {
-        let scaled = (latents.to_dtype(DType::F32)? / self.checkpoint.configs().vae.scaling_factor)?
+        let scaled = (latents.to_dtype(DType::F32)?
+            / self.checkpoint.configs().vae.scaling_factor)?
             .to_dtype(self.vae.dtype())?;
         let image = vae::decode_checked(&self.vae, &scaled, || {
             self.checkpoint.load_vae(DType::F32, &self.options.device)
@@ -339,7 +340,10 @@ impl<'a> CfgDenoiser<'a> {
         let device = &model.options.device;
         let guided = req.cfg_scale > 1.0;
         let (h, w) = (f64::from(req.height), f64::from(req.width));
-        let ids = Tensor::new(&[[h as f32, w as f32, 0.0, 0.0, h as f32, w as f32]], device)?;
+        let ids = Tensor::new(
+            &[[h as f32, w as f32, 0.0, 0.0, h as f32, w as f32]],
+            device,
+        )?;
         let (context, pooled, time_ids) = if guided {
             (
                 Tensor::cat(&[&cond.uncond.context, &cond.cond.context], 0)?,
@@ -379,8 +383,10 @@ impl Denoiser for CfgDenoiser<'_> {
         if !self.guided {
             return sampling::denoised_from_output(&x, &out, sigma, self.prediction);
         }
-        let d_u = sampling::denoised_from_output(&x, &out.narrow(0, 0, 1)?, sigma, self.prediction)?;
-        let d_c = sampling::denoised_from_output(&x, &out.narrow(0, 1, 1)?, sigma, self.prediction)?;
+        let d_u =
+            sampling::denoised_from_output(&x, &out.narrow(0, 0, 1)?, sigma, self.prediction)?;
+        let d_c =
+            sampling::denoised_from_output(&x, &out.narrow(0, 1, 1)?, sigma, self.prediction)?;
         // D = D_u + g·(D_c − D_u), as A1111's CFGDenoiser combines denoised values.
         Ok((&d_u + ((d_c - &d_u)? * self.cfg_scale)?)?)
     }

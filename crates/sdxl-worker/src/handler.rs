@@ -292,7 +292,11 @@ pub fn load_handler(models_toml: Option<&Path>) -> anyhow::Result<Arc<dyn JobHan
     let (device, dtype) = device_from_env()?;
     let handler = ModelHandler::new(config, device, dtype)?;
     if let Err(e) = handler.preload() {
-        tracing::error!(code = e.code.as_str(), "could not load the default checkpoint: {}", e.message);
+        tracing::error!(
+            code = e.code.as_str(),
+            "could not load the default checkpoint: {}",
+            e.message
+        );
     }
     Ok(Arc::new(handler))
 }

@@ -39,7 +39,7 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
     let mut catalog = store
         .as_ref()
         .map(|s| catalog_from(s.config()))
-        .unwrap_or_else(|| base_catalog());
+        .unwrap_or_else(base_catalog);
     if !target.from_models_toml {
         catalog.default_loras.clear();
     }
@@ -149,7 +149,10 @@ fn job_input(args: &RenderArgs) -> anyhow::Result<Map<String, Value>> {
         }
     };
     set("prompt", args.prompt.clone().map(Value::from));
-    set("negative_prompt", args.negative_prompt.clone().map(Value::from));
+    set(
+        "negative_prompt",
+        args.negative_prompt.clone().map(Value::from),
+    );
     set("steps", args.steps.map(Value::from));
     set("cfg_scale", args.cfg_scale.map(Value::from));
     set("sampler_name", args.sampler.clone().map(Value::from));
@@ -177,7 +180,10 @@ struct Target {
 }
 
 /// models.toml is needed unless the checkpoint is given as a path.
-fn load_store(models_toml: Option<&Path>, checkpoint: Option<&str>) -> anyhow::Result<Option<ModelStore>> {
+fn load_store(
+    models_toml: Option<&Path>,
+    checkpoint: Option<&str>,
+) -> anyhow::Result<Option<ModelStore>> {
     let is_path = checkpoint.is_some_and(|c| Path::new(c).exists());
     match ModelsConfig::load(models_toml) {
         Ok(cfg) => Ok(Some(ModelStore::new(cfg)?)),
@@ -238,7 +244,7 @@ fn fetch_entry(
 
 /// Sampler names only: for renders without models.toml.
 fn base_catalog() -> Catalog {
-    let mut c = Catalog {
+    Catalog {
         samplers: sdxl_pipeline::sampling::sampler_names()
             .into_iter()
             .map(|s| s.name)
@@ -248,9 +254,7 @@ fn base_catalog() -> Catalog {
             .map(|s| s.name)
             .collect(),
         ..Catalog::default()
-    };
-    c.checkpoints.clear();
-    c
+    }
 }
 
 #[cfg(test)]

@@ -121,7 +121,10 @@ fn check(names: &[&str]) {
             .unwrap_or_else(|| panic!("case {want} not in cases.txt"));
         let (psnr, max) = run_case(name, words, dir.path());
         eprintln!("{name}: PSNR {psnr:.2} dB, max |Δ| {max}");
-        assert!(psnr >= 60.0 && max <= 2, "{name}: PSNR {psnr:.2} dB, max |Δ| {max}");
+        assert!(
+            psnr >= 60.0 && max <= 2,
+            "{name}: PSNR {psnr:.2} dB, max |Δ| {max}"
+        );
     }
 }
 

@@ -73,9 +73,11 @@ impl ModelHandler {
             return Ok(0);
         }
         let started = Instant::now();
-        let entry = self.store.config().require_checkpoint(name).map_err(|e| {
-            JobError::new(ErrorCode::UnknownModel, e.to_string())
-        })?;
+        let entry = self
+            .store
+            .config()
+            .require_checkpoint(name)
+            .map_err(|e| JobError::new(ErrorCode::UnknownModel, e.to_string()))?;
         let path = self
             .store
             .fetch(entry, None)
@@ -93,7 +95,11 @@ impl ModelHandler {
             },
         };
         let model = SdxlModel::load(checkpoint, options)?;
-        tracing::info!(checkpoint = name, ms = started.elapsed().as_millis() as u64, "model loaded");
+        tracing::info!(
+            checkpoint = name,
+            ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
         *slot = Some(LoadedModel {
             checkpoint: name.to_string(),
             model,
@@ -113,7 +119,11 @@ impl JobHandler for ModelHandler {
         let name = job
             .checkpoint
             .clone()
-            .or_else(|| self.catalog.effective_default_checkpoint().map(str::to_string))
+            .or_else(|| {
+                self.catalog
+                    .effective_default_checkpoint()
+                    .map(str::to_string)
+            })
             .ok_or_else(|| JobError::new(ErrorCode::UnknownModel, "no checkpoint configured"))?;
         let mut slot = self.lock_loaded()?;
         let load_ms = self.ensure_loaded(&mut slot, &name)?;
