@@ -4,7 +4,7 @@
 //! against the file size. Targets: load ≤ 1.5× read time, peak RSS ≤ 1.2× file size.
 //!
 //! `cargo run --release -p sdxl-benches --bin load_fullsize` (add `--workspace`-wide features as
-//! usual). The file is written once to `$SDXL_BENCH_DIR` (default `/work/bigdata`), outside the repo.
+//! usual). The file is written once to `$SDXL_BENCH_DIR` (default `<temp dir>/sdxl-bench`), outside the repo.
 //! Each measurement runs in a child process so that VmHWM is its own.
 
 use std::fs::File;
@@ -24,7 +24,7 @@ type Failure = Box<dyn std::error::Error>;
 fn bench_file() -> PathBuf {
     let dir = std::env::var_os("SDXL_BENCH_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/bigdata"));
+        .unwrap_or_else(|| std::env::temp_dir().join("sdxl-bench"));
     dir.join(FILE_NAME)
 }
 
