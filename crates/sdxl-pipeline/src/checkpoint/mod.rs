@@ -173,6 +173,18 @@ impl Checkpoint {
             .map(|s| s.key.clone())
     }
 
+    /// The original-layout (LDM) UNet name of a diffusers UNet parameter, without the
+    /// `model.diffusion_model.` prefix, for any checkpoint layout (LoRA key tables need it).
+    pub fn unet_ldm_name(&self, diffusers_name: &str) -> Option<String> {
+        if self.single_file {
+            if let Some(key) = self.original_name(Component::Unet, diffusers_name) {
+                return key.strip_prefix(UNET_PREFIX).map(String::from);
+            }
+        }
+        let pmap = names::unet_prefix_map(&self.configs.unet);
+        names::unet_diffusers_to_ldm(diffusers_name, &pmap)
+    }
+
     /// How the stored tensor becomes the parameter (q/k/v row block, transpose, ...).
     pub fn transform(&self, component: Component, diffusers_name: &str) -> Option<Transform> {
         self.maps[component.index()]
