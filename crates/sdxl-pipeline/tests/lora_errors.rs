@@ -171,11 +171,13 @@ fn sd1_lora_is_refused() {
     assert!(s.contains("SD1.x") && s.contains("`sd15`"), "{s}");
 }
 
+type Edit = dyn Fn(&mut HashMap<String, Tensor>);
+
 #[test]
 fn malformed_modules_are_errors() {
     let ckpt = ckpt();
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut HashMap<String, Tensor>)>, &str)> = vec![
+    let cases: Vec<(&str, Box<Edit>, &str)> = vec![
         (
             "no_down",
             Box::new(|t| {
