@@ -19,6 +19,9 @@ pub struct ComponentBackend {
     pub(crate) deltas: Option<Arc<HashMap<String, Tensor>>>,
     /// The first typed error a `get` produced, so loaders can return it instead of candle's text.
     pub(crate) last_error: Arc<Mutex<Option<PipelineError>>>,
+    /// When set, every tensor handed out is also recorded here by name (a cheap clone sharing
+    /// its storage), so LoRA switching can rewrite a loaded model's weights in place.
+    pub(crate) handles: Option<Arc<Mutex<HashMap<String, Tensor>>>>,
 }
 
 impl ComponentBackend {
@@ -93,7 +96,13 @@ impl ComponentBackend {
             }
             None => t,
         };
-        t.to_dtype(dtype)
+        let t = t.to_dtype(dtype)?;
+        if let Some(handles) = &self.handles {
+            if let Ok(mut h) = handles.lock() {
+                h.insert(name.to_string(), t.clone());
+            }
+        }
+        Ok(t)
     }
 }
 

@@ -203,6 +203,37 @@ impl Checkpoint {
         Ok(self.backend_vb(component, dtype, device, None).0)
     }
 
+    /// Like [`Self::build`] with LoRA `deltas`, also returning a handle (a clone sharing storage)
+    /// of every tensor handed to `build`, keyed by diffusers name: what LoRA switching rewrites.
+    pub fn build_recording<T>(
+        &self,
+        component: Component,
+        dtype: DType,
+        device: &Device,
+        deltas: Arc<HashMap<String, Tensor>>,
+        build: impl FnOnce(VarBuilder<'static>) -> Result<T>,
+    ) -> Result<(T, HashMap<String, Tensor>)> {
+        let handles = Arc::new(Mutex::new(HashMap::new()));
+        let last_error = Arc::new(Mutex::new(None));
+        let backend = ComponentBackend {
+            files: self.files.clone(),
+            map: self.maps[component.index()].clone(),
+            deltas: Some(deltas),
+            last_error: last_error.clone(),
+            handles: Some(handles.clone()),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+        let model = build(vb).map_err(|e| {
+            let typed = last_error.lock().ok().and_then(|mut s| s.take());
+            typed.unwrap_or(e)
+        })?;
+        let handles = handles
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default();
+        Ok((model, handles))
+    }
+
     /// [`Self::var_builder`] whose tensors get `deltas` (diffusers name → f32 tensor of the
     /// parameter's shape) added in f32 before the cast: the hook for LoRA merging.
     pub fn var_builder_with_deltas(
@@ -228,6 +259,7 @@ impl Checkpoint {
             map: self.maps[component.index()].clone(),
             deltas,
             last_error: last_error.clone(),
+            handles: None,
         };
         (
             VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),

@@ -5,6 +5,7 @@
 
 mod file;
 mod keys;
+mod live;
 
 mod math;
 mod module;
@@ -20,6 +21,8 @@ use crate::{PipelineError, Result};
 use file::LoraFile;
 use keys::KeyTable;
 use module::ModuleError;
+
+pub use live::{LiveWeights, SwitchOutcome};
 
 /// One LoRA of a request: file, display name and multiplier (A1111 `<lora:name:scale>`).
 #[derive(Debug, Clone, PartialEq)]
