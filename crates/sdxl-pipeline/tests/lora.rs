@@ -96,8 +96,9 @@ fn touched(set: &LoraSet) -> BTreeSet<(String, String)> {
     .into_iter()
     .flat_map(|c| {
         set.deltas(c)
-            .keys()
-            .map(|k| (c.dir_name().to_string(), k.clone()))
+            .names()
+            .into_iter()
+            .map(|k| (c.dir_name().to_string(), k))
             .collect::<Vec<_>>()
     })
     .collect()

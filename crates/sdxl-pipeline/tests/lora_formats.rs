@@ -74,8 +74,9 @@ fn check(fixture: &str) {
     .into_iter()
     .flat_map(|c| {
         set.deltas(c)
-            .keys()
-            .map(|k| (c.dir_name(), k.clone()))
+            .names()
+            .into_iter()
+            .map(|k| (c.dir_name(), k))
             .collect::<Vec<_>>()
     })
     .collect();

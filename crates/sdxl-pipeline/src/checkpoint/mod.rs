@@ -22,6 +22,7 @@ use crate::unet::SdxlUNet;
 use crate::vae::AutoencoderKl;
 use crate::{PipelineError, Result};
 use backend::ComponentBackend;
+pub use backend::DeltaSource;
 use names::NameMap;
 
 /// Where the weights come from.
@@ -210,7 +211,7 @@ impl Checkpoint {
         component: Component,
         dtype: DType,
         device: &Device,
-        deltas: Arc<HashMap<String, Tensor>>,
+        deltas: Arc<dyn DeltaSource>,
         build: impl FnOnce(VarBuilder<'static>) -> Result<T>,
     ) -> Result<(T, HashMap<String, Tensor>)> {
         let handles = Arc::new(Mutex::new(HashMap::new()));
@@ -241,7 +242,7 @@ impl Checkpoint {
         component: Component,
         dtype: DType,
         device: &Device,
-        deltas: Arc<HashMap<String, Tensor>>,
+        deltas: Arc<dyn DeltaSource>,
     ) -> Result<VarBuilder<'static>> {
         Ok(self.backend_vb(component, dtype, device, Some(deltas)).0)
     }
@@ -251,7 +252,7 @@ impl Checkpoint {
         component: Component,
         dtype: DType,
         device: &Device,
-        deltas: Option<Arc<HashMap<String, Tensor>>>,
+        deltas: Option<Arc<dyn DeltaSource>>,
     ) -> (VarBuilder<'static>, Arc<Mutex<Option<PipelineError>>>) {
         let last_error = Arc::new(Mutex::new(None));
         let backend = ComponentBackend {

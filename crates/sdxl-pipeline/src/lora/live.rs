@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::LoraSet;
+use super::{ComponentDeltas, LoraSet};
 use crate::checkpoint::{Checkpoint, Component};
 use crate::{PipelineError, Result};
 
@@ -28,7 +28,7 @@ pub struct LiveWeights {
     dtype: DType,
     device: Device,
     handles: HashMap<String, Tensor>,
-    applied: Arc<HashMap<String, Tensor>>,
+    applied: Arc<ComponentDeltas>,
     key: String,
 }
 
@@ -84,7 +84,12 @@ impl LiveWeights {
             return Ok(SwitchOutcome::Unchanged);
         }
         let new = set.deltas(self.component);
-        let touched: BTreeSet<String> = self.applied.keys().chain(new.keys()).cloned().collect();
+        let touched: BTreeSet<String> = self
+            .applied
+            .names()
+            .into_iter()
+            .chain(new.names())
+            .collect();
         let vb =
             ckpt.var_builder_with_deltas(self.component, self.dtype, &self.device, new.clone())?;
         for name in &touched {

@@ -3,6 +3,7 @@
 //! parameter names, ready for [`Checkpoint::var_builder_with_deltas`] or for switching the
 //! weights of a loaded model in place ([`LiveWeights`]).
 
+mod deltas;
 mod file;
 mod keys;
 mod live;
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
 use crate::checkpoint::{Checkpoint, Component};
 use crate::{PipelineError, Result};
@@ -22,6 +23,8 @@ use file::LoraFile;
 use keys::KeyTable;
 use module::ModuleError;
 
+pub use deltas::ComponentDeltas;
+use deltas::Term;
 pub use live::{LiveWeights, SwitchOutcome};
 
 /// One LoRA of a request: file, display name and multiplier (A1111 `<lora:name:scale>`).
@@ -36,7 +39,7 @@ pub struct LoraSpec {
 #[derive(Debug, Clone, Default)]
 pub struct LoraSet {
     key: String,
-    deltas: [Arc<HashMap<String, Tensor>>; 4],
+    deltas: [Arc<ComponentDeltas>; 4],
 }
 
 fn slot(c: Component) -> usize {
@@ -60,19 +63,14 @@ impl LoraSet {
     /// an error naming the LoRA (and key).
     pub fn load(specs: &[LoraSpec], ckpt: &Checkpoint) -> Result<(Self, Vec<String>)> {
         let table = KeyTable::build(ckpt);
-        let mut sums: [HashMap<String, Tensor>; 4] = Default::default();
+        let mut sums: [ComponentDeltas; 4] = Default::default();
         let mut warnings = Vec::new();
         let mut base_vbs: HashMap<usize, candle_nn::VarBuilder<'static>> = HashMap::new();
         for spec in specs {
             let lora = LoraFile::read(&spec.path)?;
             let deltas = resolve(spec, &lora, &table, ckpt, &mut base_vbs, &mut warnings)?;
-            for (target, delta) in deltas {
-                let sum = &mut sums[slot(target.component)];
-                let new = match sum.remove(&target.param) {
-                    Some(prev) => (prev + delta)?,
-                    None => delta,
-                };
-                sum.insert(target.param, new);
+            for (target, term) in deltas {
+                sums[slot(target.component)].add(target.param, target.shape, term);
             }
         }
         for w in &warnings {
@@ -92,8 +90,9 @@ impl LoraSet {
         ))
     }
 
-    /// The summed deltas of `component` (diffusers name → f32 tensor of the parameter's shape).
-    pub fn deltas(&self, component: Component) -> Arc<HashMap<String, Tensor>> {
+    /// The deltas of `component` (diffusers name → f32 delta, materialised on demand); pass it to
+    /// [`Checkpoint::var_builder_with_deltas`].
+    pub fn deltas(&self, component: Component) -> Arc<ComponentDeltas> {
         self.deltas[slot(component)].clone()
     }
 
@@ -105,6 +104,13 @@ impl LoraSet {
     /// True when no parameter is changed.
     pub fn is_empty(&self) -> bool {
         self.deltas.iter().all(|d| d.is_empty())
+    }
+}
+
+fn module_error(spec: &LoraSpec, key: &str, e: ModuleError) -> PipelineError {
+    match e {
+        ModuleError::Malformed(r) => lora_error(spec, key, r),
+        ModuleError::Shapes(r) => lora_error(spec, key, format!("incompatible factor shapes: {r}")),
     }
 }
 
@@ -168,7 +174,7 @@ fn resolve(
     ckpt: &Checkpoint,
     base_vbs: &mut HashMap<usize, candle_nn::VarBuilder<'static>>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<(keys::Target, Tensor)>> {
+) -> Result<Vec<(keys::Target, Term)>> {
     refuse_non_sdxl(spec, lora)?;
     if !spec.scale.is_finite() {
         return Err(PipelineError::InvalidInput(format!(
@@ -191,16 +197,49 @@ fn resolve(
             .map(|(k, _)| k.as_str())
             .min()
             .unwrap_or(name);
+        let default_alpha = name
+            .split('.')
+            .next()
+            .and_then(|p| peft_alpha.get(p).copied());
+        if m.dora_scale().is_none() {
+            if let Some((up, down, used)) =
+                m.low_rank().map_err(|e| module_error(spec, first_key, e))?
+            {
+                let s = m
+                    .scale(Some(down.dim(0)?), default_alpha)
+                    .map_err(|e| module_error(spec, first_key, e))?;
+                let fits = up.dim(0)? == target.shape.first().copied().unwrap_or(0)
+                    && down.dim(1)? == target.shape.iter().skip(1).product::<usize>();
+                if !fits {
+                    return Err(lora_error(
+                        spec,
+                        first_key,
+                        format!(
+                            "delta shape {:?} does not fit `{}` of shape {:?}",
+                            [up.dim(0)?, down.dim(1)?],
+                            target.param,
+                            target.shape
+                        ),
+                    ));
+                }
+                unmatched.extend(m.unused_keys(&used));
+                out.push((
+                    target.clone(),
+                    Term::LowRank {
+                        up,
+                        down,
+                        scale: spec.scale * s,
+                    },
+                ));
+                continue;
+            }
+        }
         let (updown, rank, used) = m.updown().map_err(|e| match e {
             ModuleError::Malformed(r) => lora_error(spec, first_key, r),
             ModuleError::Shapes(r) => {
                 lora_error(spec, first_key, format!("incompatible factor shapes: {r}"))
             }
         })?;
-        let default_alpha = name
-            .split('.')
-            .next()
-            .and_then(|p| peft_alpha.get(p).copied());
         let s = m.scale(rank, default_alpha).map_err(|e| match e {
             ModuleError::Malformed(r) | ModuleError::Shapes(r) => lora_error(spec, first_key, r),
         })?;
@@ -246,7 +285,7 @@ fn resolve(
             delta = math::dora(&delta, &base, ds)?;
         }
         let delta = (delta * (spec.scale * s))?;
-        out.push((target.clone(), delta));
+        out.push((target.clone(), Term::Full(delta)));
     }
     if out.is_empty() {
         let sample: Vec<&str> = unmatched.iter().take(3).map(String::as_str).collect();

@@ -112,6 +112,30 @@ impl Module {
         ))
     }
 
+    /// A plain LoRA/LoCon without `lora_mid`: `(up [out,r], down [r, in·kh·kw], roles used)`,
+    /// validated (`up` must be `[out,r]` or `[out,r,1,1]`, ranks equal); `None` for other families.
+    #[allow(clippy::type_complexity)]
+    pub fn low_rank(&self) -> Result<Option<(Tensor, Tensor, Vec<&'static str>)>, ModuleError> {
+        let (Some(up), Some(down)) = (self.get("up"), self.get("down")) else {
+            return Ok(None);
+        };
+        if self.get("mid").is_some() {
+            return Ok(None);
+        }
+        let r = down.dim(0)?;
+        let out = up.dim(0)?;
+        if up.rank() < 2 || up.dim(1)? != r || up.elem_count() != out * r {
+            return Err(ModuleError::Shapes(format!(
+                "up {:?} and down {:?} do not share a rank",
+                up.dims(),
+                down.dims()
+            )));
+        }
+        let up2 = up.reshape((out, r))?;
+        let down2 = down.reshape((r, ()))?;
+        Ok(Some((up2, down2, vec!["up", "down", "alpha", "scale"])))
+    }
+
     /// The un-scaled delta, its rank (for `alpha/rank`; `None` ⇒ scale 1) and the roles used.
     pub fn updown(&self) -> Result<(Tensor, Option<usize>, Vec<&'static str>), ModuleError> {
         let missing =
