@@ -66,7 +66,8 @@ impl ComponentDeltas {
             let d = match term {
                 Term::Full(t) => t.clone(),
                 Term::LowRank { up, down, scale } => {
-                    (up.matmul(down)? * *scale)?.reshape(shape.as_slice())?
+                    // Scaling the small factor saves a pass over the full-size product.
+                    (up * *scale)?.matmul(down)?.reshape(shape.as_slice())?
                 }
             };
             sum = Some(match sum {
