@@ -177,3 +177,44 @@ fn f16_weights_are_restored_bit_identically() {
     }
     assert!(!same(&fresh(&a)));
 }
+
+#[test]
+fn every_copy_a_model_requested_is_rewritten() {
+    let ckpt = ckpt();
+    let a = set(&ckpt, &[(A, 1.5)]);
+    let name = "mid_block.attentions.0.proj_in.weight";
+    let shape = ckpt
+        .parameter_names(Component::Unet)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap()
+        .1;
+    let build = |vb: candle_nn::VarBuilder<'static>| -> sdxl_pipeline::Result<[Tensor; 2]> {
+        Ok([
+            vb.get(shape.as_slice(), name)?,
+            vb.get(shape.as_slice(), name)?,
+        ])
+    };
+    let (model, mut live) = LiveWeights::load(
+        &ckpt,
+        Component::Unet,
+        DType::F32,
+        &Device::Cpu,
+        &LoraSet::empty(),
+        build,
+    )
+    .unwrap();
+    assert_eq!(live.key(), Some(""));
+    live.switch(&ckpt, &a).unwrap();
+    assert_eq!(live.key(), Some(a.key().as_str()));
+    let vb = ckpt
+        .var_builder_with_deltas(
+            Component::Unet,
+            DType::F32,
+            &Device::Cpu,
+            a.deltas(Component::Unet),
+        )
+        .unwrap();
+    let want = vb.get(shape.as_slice(), name).unwrap();
+    assert!(model.iter().all(|t| bits_equal(t, &want)));
+}

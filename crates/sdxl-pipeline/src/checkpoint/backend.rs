@@ -23,6 +23,9 @@ impl DeltaSource for HashMap<String, Tensor> {
     }
 }
 
+/// Tensors handed to a model, by diffusers name (clones sharing storage).
+pub type WeightHandles = HashMap<String, Vec<Tensor>>;
+
 /// Serves parameters of one component: read from the mmap, transformed (q/k/v split, transpose,
 /// 1×1 squeeze), plus an optional f32 delta (LoRA), then cast to the requested dtype.
 pub struct ComponentBackend {
@@ -33,8 +36,9 @@ pub struct ComponentBackend {
     /// The first typed error a `get` produced, so loaders can return it instead of candle's text.
     pub(crate) last_error: Arc<Mutex<Option<PipelineError>>>,
     /// When set, every tensor handed out is also recorded here by name (a cheap clone sharing
-    /// its storage), so LoRA switching can rewrite a loaded model's weights in place.
-    pub(crate) handles: Option<Arc<Mutex<HashMap<String, Tensor>>>>,
+    /// its storage; several if the model asked twice), so LoRA switching can rewrite a loaded
+    /// model's weights in place.
+    pub(crate) handles: Option<Arc<Mutex<WeightHandles>>>,
 }
 
 impl ComponentBackend {
@@ -116,7 +120,7 @@ impl ComponentBackend {
         let t = t.to_dtype(dtype)?;
         if let Some(handles) = &self.handles {
             if let Ok(mut h) = handles.lock() {
-                h.insert(name.to_string(), t.clone());
+                h.entry(name.to_string()).or_default().push(t.clone());
             }
         }
         Ok(t)

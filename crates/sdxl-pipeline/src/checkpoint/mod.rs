@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use configs::SdxlConfigs;
@@ -22,7 +22,7 @@ use crate::unet::SdxlUNet;
 use crate::vae::AutoencoderKl;
 use crate::{PipelineError, Result};
 use backend::ComponentBackend;
-pub use backend::DeltaSource;
+pub use backend::{DeltaSource, WeightHandles};
 use names::NameMap;
 
 /// Where the weights come from.
@@ -204,7 +204,7 @@ impl Checkpoint {
         Ok(self.backend_vb(component, dtype, device, None).0)
     }
 
-    /// Like [`Self::build`] with LoRA `deltas`, also returning a handle (a clone sharing storage)
+    /// Like [`Self::build`] with LoRA `deltas`, also returning handles (clones sharing storage)
     /// of every tensor handed to `build`, keyed by diffusers name: what LoRA switching rewrites.
     pub fn build_recording<T>(
         &self,
@@ -213,7 +213,7 @@ impl Checkpoint {
         device: &Device,
         deltas: Arc<dyn DeltaSource>,
         build: impl FnOnce(VarBuilder<'static>) -> Result<T>,
-    ) -> Result<(T, HashMap<String, Tensor>)> {
+    ) -> Result<(T, WeightHandles)> {
         let handles = Arc::new(Mutex::new(HashMap::new()));
         let last_error = Arc::new(Mutex::new(None));
         let backend = ComponentBackend {

@@ -3,15 +3,14 @@
 //! old or the new set with base (re-read from the mmap) + new delta, so the base is restored
 //! exactly (no subtraction drift) and the rest of the checkpoint is not read again.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use super::{ComponentDeltas, LoraSet};
-use crate::checkpoint::{Checkpoint, Component};
-use crate::{PipelineError, Result};
+use super::LoraSet;
+use crate::checkpoint::{Checkpoint, Component, WeightHandles};
+use crate::Result;
 
 /// What a call to [`LiveWeights::switch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +26,11 @@ pub struct LiveWeights {
     component: Component,
     dtype: DType,
     device: Device,
-    handles: HashMap<String, Tensor>,
-    applied: Arc<ComponentDeltas>,
-    key: String,
+    handles: WeightHandles,
+    /// Parameters that may differ from base (after a failed switch: every one it touched).
+    applied: BTreeSet<String>,
+    /// Key of the applied set; `None` after a failed switch (the next one redoes everything).
+    key: Option<String>,
 }
 
 impl std::fmt::Debug for LiveWeights {
@@ -57,9 +58,9 @@ impl LiveWeights {
         set: &LoraSet,
         build: impl FnOnce(VarBuilder<'static>) -> Result<T>,
     ) -> Result<(T, Self)> {
-        let applied = set.deltas(component);
-        let (model, handles) =
-            ckpt.build_recording(component, dtype, device, applied.clone(), build)?;
+        let deltas = set.deltas(component);
+        let applied = deltas.names().into_iter().collect();
+        let (model, handles) = ckpt.build_recording(component, dtype, device, deltas, build)?;
         Ok((
             model,
             Self {
@@ -68,43 +69,42 @@ impl LiveWeights {
                 device: device.clone(),
                 handles,
                 applied,
-                key: set.key(),
+                key: Some(set.key()),
             },
         ))
     }
 
-    /// The cache key of the applied set.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The cache key of the applied set (`None` after a failed switch).
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// Makes the model's weights equal to base + `set`'s deltas. Same key ⇒ no work.
     pub fn switch(&mut self, ckpt: &Checkpoint, set: &LoraSet) -> Result<SwitchOutcome> {
-        if set.key() == self.key {
+        if self.key.as_deref() == Some(set.key().as_str()) {
             return Ok(SwitchOutcome::Unchanged);
         }
         let new = set.deltas(self.component);
-        let touched: BTreeSet<String> = self
-            .applied
-            .names()
-            .into_iter()
-            .chain(new.names())
-            .collect();
+        let touched: BTreeSet<String> = self.applied.iter().cloned().chain(new.names()).collect();
+        // Until every write succeeded, any touched parameter may differ from base.
+        self.key = None;
+        self.applied = touched.clone();
         let vb =
             ckpt.var_builder_with_deltas(self.component, self.dtype, &self.device, new.clone())?;
         for name in &touched {
-            let Some(handle) = self.handles.get(name) else {
-                return Err(PipelineError::InvalidInput(format!(
-                    "LoRA switch: the loaded {} never requested `{name}`",
-                    self.component.dir_name()
-                )));
+            // A parameter the model never requested does not affect it.
+            let Some(handles) = self.handles.get(name) else {
+                tracing::debug!(name, "LoRA switch: parameter not used by the loaded model");
+                continue;
             };
-            let fresh = vb.get(handle.dims(), name)?;
-            handle.slice_set(&fresh, 0, 0)?;
+            for handle in handles {
+                let fresh = vb.get(handle.dims(), name)?;
+                handle.slice_set(&fresh, 0, 0)?;
+            }
         }
         let n = touched.len();
-        self.applied = new;
-        self.key = set.key();
+        self.applied = new.names().into_iter().collect();
+        self.key = Some(set.key());
         Ok(SwitchOutcome::Rewritten(n))
     }
 }
