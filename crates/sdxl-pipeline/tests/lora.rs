@@ -164,3 +164,31 @@ fn unet_outputs_with_loras_match_diffusers() {
     eprintln!("A1.5_B0.7 unet out rel err {r:e}");
     assert!(r < 1e-4, "A1.5_B0.7: {r}");
 }
+
+#[test]
+fn diffusers_dir_checkpoint_resolves_ldm_kohya_names_identically() {
+    // kohya SDXL names are LDM names: a diffusers-layout checkpoint must still resolve them.
+    let single = ckpt();
+    let dir = Checkpoint::open(&ModelSource::DiffusersDir(
+        format!("{FIXTURES}/tiny-sdxl").into(),
+    ))
+    .unwrap();
+    let specs = [lora_a(1.5), lora_b(0.7)];
+    let (s1, w1) = LoraSet::load(&specs, &single).unwrap();
+    let (s2, w2) = LoraSet::load(&specs, &dir).unwrap();
+    assert!(w1.is_empty() && w2.is_empty(), "{w1:?} {w2:?}");
+    assert_eq!(touched(&s1), touched(&s2));
+    for (c, name) in touched(&s2) {
+        let c = [
+            Component::Unet,
+            Component::TextEncoder,
+            Component::TextEncoder2,
+        ]
+        .into_iter()
+        .find(|x| x.dir_name() == c)
+        .unwrap();
+        let a = s1.deltas(c).get(&name).unwrap().unwrap();
+        let b = s2.deltas(c).get(&name).unwrap().unwrap();
+        assert_eq!(rel_err(&a, &b), 0.0, "{name}");
+    }
+}
