@@ -13,12 +13,13 @@ use crate::PipelineError;
 /// Supplies the f32 delta of a parameter on demand (a LoRA set keeps low-rank factors and
 /// materialises one parameter's delta only while that parameter is being loaded).
 pub trait DeltaSource: Send + Sync {
-    /// The delta for diffusers parameter `name` (shape of the parameter), or `None`.
-    fn delta(&self, name: &str) -> candle_core::Result<Option<Tensor>>;
+    /// The delta for diffusers parameter `name` (shape of the parameter), or `None`; computed
+    /// on `device` where possible (the backend moves it there anyway).
+    fn delta(&self, name: &str, device: &Device) -> candle_core::Result<Option<Tensor>>;
 }
 
 impl DeltaSource for HashMap<String, Tensor> {
-    fn delta(&self, name: &str) -> candle_core::Result<Option<Tensor>> {
+    fn delta(&self, name: &str, _device: &Device) -> candle_core::Result<Option<Tensor>> {
         Ok(self.get(name).cloned())
     }
 }
@@ -108,7 +109,7 @@ impl ComponentBackend {
                 .contiguous()?,
         };
         let delta = match &self.deltas {
-            Some(d) => d.delta(name)?,
+            Some(d) => d.delta(name, dev)?,
             None => None,
         };
         let t = match delta {

@@ -56,18 +56,26 @@ impl ComponentDeltas {
         self.params.contains_key(param)
     }
 
-    /// The summed f32 delta of `param` (CPU), or `None` if no LoRA touches it.
+    /// The summed f32 delta of `param` on the CPU, or `None` if no LoRA touches it.
     pub fn get(&self, param: &str) -> candle_core::Result<Option<Tensor>> {
+        self.get_on(param, &Device::Cpu)
+    }
+
+    /// [`Self::get`] computed on `device` (low-rank factors are moved there first, so the
+    /// full-size product is formed on the GPU when loading to one).
+    pub fn get_on(&self, param: &str, device: &Device) -> candle_core::Result<Option<Tensor>> {
         let Some((shape, terms)) = self.params.get(param) else {
             return Ok(None);
         };
         let mut sum: Option<Tensor> = None;
         for term in terms {
             let d = match term {
-                Term::Full(t) => t.clone(),
+                Term::Full(t) => t.to_device(device)?,
                 Term::LowRank { up, down, scale } => {
                     // Scaling the small factor saves a pass over the full-size product.
-                    (up * *scale)?.matmul(down)?.reshape(shape.as_slice())?
+                    let up = (up.to_device(device)? * *scale)?;
+                    up.matmul(&down.to_device(device)?)?
+                        .reshape(shape.as_slice())?
                 }
             };
             sum = Some(match sum {
@@ -87,7 +95,7 @@ impl ComponentDeltas {
 }
 
 impl DeltaSource for ComponentDeltas {
-    fn delta(&self, name: &str) -> candle_core::Result<Option<Tensor>> {
-        self.get(name)
+    fn delta(&self, name: &str, device: &Device) -> candle_core::Result<Option<Tensor>> {
+        self.get_on(name, device)
     }
 }
