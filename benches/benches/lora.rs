@@ -116,6 +116,15 @@ fn lora(c: &mut Criterion) {
             .map(|(n, s)| Ok(vb.get(s.as_slice(), n)?))
             .collect()
     };
+    g.bench_function("materialise_deltas_f32", |bch| {
+        let d = set_a.deltas(Component::Unet);
+        bch.iter(|| {
+            names
+                .iter()
+                .map(|(n, _)| d.get(n).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
     g.bench_function("load_f16_base", |bch| {
         bch.iter(|| {
             let vb = ckpt
