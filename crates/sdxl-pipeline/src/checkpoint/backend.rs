@@ -10,15 +10,36 @@ use super::header::SafetensorsFile;
 use super::names::{NameMap, Source, Transform};
 use crate::PipelineError;
 
+/// Supplies the f32 delta of a parameter on demand (a LoRA set keeps low-rank factors and
+/// materialises one parameter's delta only while that parameter is being loaded).
+pub trait DeltaSource: Send + Sync {
+    /// The delta for diffusers parameter `name` (shape of the parameter), or `None`; computed
+    /// on `device` where possible (the backend moves it there anyway).
+    fn delta(&self, name: &str, device: &Device) -> candle_core::Result<Option<Tensor>>;
+}
+
+impl DeltaSource for HashMap<String, Tensor> {
+    fn delta(&self, name: &str, _device: &Device) -> candle_core::Result<Option<Tensor>> {
+        Ok(self.get(name).cloned())
+    }
+}
+
+/// Tensors handed to a model, by diffusers name (clones sharing storage).
+pub type WeightHandles = HashMap<String, Vec<Tensor>>;
+
 /// Serves parameters of one component: read from the mmap, transformed (q/k/v split, transpose,
 /// 1×1 squeeze), plus an optional f32 delta (LoRA), then cast to the requested dtype.
 pub struct ComponentBackend {
     pub(crate) files: Arc<Vec<SafetensorsFile>>,
     pub(crate) map: Arc<NameMap>,
     /// f32 deltas by diffusers name, added before the dtype cast (for LoRA merges).
-    pub(crate) deltas: Option<Arc<HashMap<String, Tensor>>>,
+    pub(crate) deltas: Option<Arc<dyn DeltaSource>>,
     /// The first typed error a `get` produced, so loaders can return it instead of candle's text.
     pub(crate) last_error: Arc<Mutex<Option<PipelineError>>>,
+    /// When set, every tensor handed out is also recorded here by name (a cheap clone sharing
+    /// its storage; several if the model asked twice), so LoRA switching can rewrite a loaded
+    /// model's weights in place.
+    pub(crate) handles: Option<Arc<Mutex<WeightHandles>>>,
 }
 
 impl ComponentBackend {
@@ -91,13 +112,23 @@ impl ComponentBackend {
                 .t()?
                 .contiguous()?,
         };
-        let t = match self.deltas.as_ref().and_then(|d| d.get(name)) {
+        let delta = match &self.deltas {
+            Some(d) => d.delta(name, dev)?,
+            None => None,
+        };
+        let t = match delta {
             Some(delta) => {
                 (t.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?.to_device(dev)?)?
             }
             None => t,
         };
-        t.to_dtype(dtype)
+        let t = t.to_dtype(dtype)?;
+        if let Some(handles) = &self.handles {
+            if let Ok(mut h) = handles.lock() {
+                h.entry(name.to_string()).or_default().push(t.clone());
+            }
+        }
+        Ok(t)
     }
 }
 

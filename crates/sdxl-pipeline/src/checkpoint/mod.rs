@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use configs::SdxlConfigs;
@@ -22,6 +22,7 @@ use crate::unet::SdxlUNet;
 use crate::vae::AutoencoderKl;
 use crate::{PipelineError, Result};
 use backend::ComponentBackend;
+pub use backend::{DeltaSource, WeightHandles};
 use names::NameMap;
 
 /// Where the weights come from.
@@ -173,6 +174,18 @@ impl Checkpoint {
             .map(|s| s.key.clone())
     }
 
+    /// The original-layout (LDM) UNet name of a diffusers UNet parameter, without the
+    /// `model.diffusion_model.` prefix, for any checkpoint layout (LoRA key tables need it).
+    pub fn unet_ldm_name(&self, diffusers_name: &str) -> Option<String> {
+        if self.single_file {
+            if let Some(key) = self.original_name(Component::Unet, diffusers_name) {
+                return key.strip_prefix(UNET_PREFIX).map(String::from);
+            }
+        }
+        let pmap = names::unet_prefix_map(&self.configs.unet);
+        names::unet_diffusers_to_ldm(diffusers_name, &pmap)
+    }
+
     /// How the stored tensor becomes the parameter (q/k/v row block, transpose, ...).
     pub fn transform(&self, component: Component, diffusers_name: &str) -> Option<Transform> {
         self.maps[component.index()]
@@ -191,6 +204,37 @@ impl Checkpoint {
         Ok(self.backend_vb(component, dtype, device, None).0)
     }
 
+    /// Like [`Self::build`] with LoRA `deltas`, also returning handles (clones sharing storage)
+    /// of every tensor handed to `build`, keyed by diffusers name: what LoRA switching rewrites.
+    pub fn build_recording<T>(
+        &self,
+        component: Component,
+        dtype: DType,
+        device: &Device,
+        deltas: Arc<dyn DeltaSource>,
+        build: impl FnOnce(VarBuilder<'static>) -> Result<T>,
+    ) -> Result<(T, WeightHandles)> {
+        let handles = Arc::new(Mutex::new(HashMap::new()));
+        let last_error = Arc::new(Mutex::new(None));
+        let backend = ComponentBackend {
+            files: self.files.clone(),
+            map: self.maps[component.index()].clone(),
+            deltas: Some(deltas),
+            last_error: last_error.clone(),
+            handles: Some(handles.clone()),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+        let model = build(vb).map_err(|e| {
+            let typed = last_error.lock().ok().and_then(|mut s| s.take());
+            typed.unwrap_or(e)
+        })?;
+        let handles = handles
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default();
+        Ok((model, handles))
+    }
+
     /// [`Self::var_builder`] whose tensors get `deltas` (diffusers name → f32 tensor of the
     /// parameter's shape) added in f32 before the cast: the hook for LoRA merging.
     pub fn var_builder_with_deltas(
@@ -198,7 +242,7 @@ impl Checkpoint {
         component: Component,
         dtype: DType,
         device: &Device,
-        deltas: Arc<HashMap<String, Tensor>>,
+        deltas: Arc<dyn DeltaSource>,
     ) -> Result<VarBuilder<'static>> {
         Ok(self.backend_vb(component, dtype, device, Some(deltas)).0)
     }
@@ -208,7 +252,7 @@ impl Checkpoint {
         component: Component,
         dtype: DType,
         device: &Device,
-        deltas: Option<Arc<HashMap<String, Tensor>>>,
+        deltas: Option<Arc<dyn DeltaSource>>,
     ) -> (VarBuilder<'static>, Arc<Mutex<Option<PipelineError>>>) {
         let last_error = Arc::new(Mutex::new(None));
         let backend = ComponentBackend {
@@ -216,6 +260,7 @@ impl Checkpoint {
             map: self.maps[component.index()].clone(),
             deltas,
             last_error: last_error.clone(),
+            handles: None,
         };
         (
             VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),

@@ -195,6 +195,27 @@ pub fn unet_ldm_to_diffusers(key: &str, pmap: &[(String, String, bool)]) -> Opti
     None
 }
 
+/// LDM name of a diffusers UNet parameter (inverse of [`unet_ldm_to_diffusers`], without the
+/// `model.diffusion_model.` prefix). Used by LoRA key tables for diffusers-layout checkpoints.
+pub fn unet_diffusers_to_ldm(name: &str, pmap: &[(String, String, bool)]) -> Option<String> {
+    for (hf, sd) in UNET_TOP {
+        if let Some(rest) = name.strip_prefix(hf) {
+            return Some(format!("{sd}{rest}"));
+        }
+    }
+    for (hf, sd, is_res) in pmap {
+        if let Some(rest) = name.strip_prefix(hf.as_str()) {
+            if !is_res {
+                return Some(format!("{sd}{rest}"));
+            }
+            return UNET_RESNET
+                .iter()
+                .find_map(|(d, l)| rest.strip_prefix(d).map(|tail| format!("{sd}{l}{tail}")));
+        }
+    }
+    None
+}
+
 // ---------------------------------------------------------------- VAE
 
 fn vae_resnet(tail: &str) -> String {

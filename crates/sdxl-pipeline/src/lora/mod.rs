@@ -1,0 +1,311 @@
+//! LoRA merging for the CivitAI SDXL formats (kohya LoRA/LoCon, LyCORIS LoHa/LoKr, DoRA,
+//! diffusers/PEFT and old diffusers keys) into per-component f32 deltas keyed by diffusers
+//! parameter names, ready for [`Checkpoint::var_builder_with_deltas`] or for switching the
+//! weights of a loaded model in place ([`LiveWeights`]).
+
+mod deltas;
+mod file;
+mod keys;
+mod live;
+
+mod math;
+mod module;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+
+use crate::checkpoint::{Checkpoint, Component};
+use crate::{PipelineError, Result};
+use file::LoraFile;
+use keys::KeyTable;
+use module::ModuleError;
+
+pub use deltas::ComponentDeltas;
+use deltas::Term;
+pub use live::{LiveWeights, SwitchOutcome};
+
+/// One LoRA of a request: file, display name and multiplier (A1111 `<lora:name:scale>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    pub path: PathBuf,
+    pub name: String,
+    pub scale: f64,
+}
+
+/// Parsed and resolved LoRAs: the summed f32 delta of every touched parameter, per component.
+#[derive(Debug, Clone, Default)]
+pub struct LoraSet {
+    key: String,
+    deltas: [Arc<ComponentDeltas>; 4],
+}
+
+fn slot(c: Component) -> usize {
+    match c {
+        Component::Unet => 0,
+        Component::Vae => 1,
+        Component::TextEncoder => 2,
+        Component::TextEncoder2 => 3,
+    }
+}
+
+impl LoraSet {
+    /// The empty set (base weights).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Reads every LoRA of `specs`, resolves its keys against `ckpt` and sums the deltas.
+    /// Returns the set and warnings naming every tensor that was not used. A LoRA that matches
+    /// nothing, an SD1.x LoRA, a malformed file or a delta whose shape does not fit its weight is
+    /// an error naming the LoRA (and key).
+    pub fn load(specs: &[LoraSpec], ckpt: &Checkpoint) -> Result<(Self, Vec<String>)> {
+        let table = KeyTable::build(ckpt);
+        let mut sums: [ComponentDeltas; 4] = Default::default();
+        let mut warnings = Vec::new();
+        let mut base_vbs: HashMap<usize, candle_nn::VarBuilder<'static>> = HashMap::new();
+        for spec in specs {
+            let lora = LoraFile::read(&spec.path)?;
+            let deltas = resolve(spec, &lora, &table, ckpt, &mut base_vbs, &mut warnings)?;
+            for (target, term) in deltas {
+                sums[slot(target.component)].add(target.param, target.shape, term);
+            }
+        }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let key = specs
+            .iter()
+            .map(|s| format!("{}={}@{}", s.name, s.path.display(), s.scale))
+            .collect::<Vec<_>>()
+            .join(";");
+        Ok((
+            Self {
+                key,
+                deltas: sums.map(Arc::new),
+            },
+            warnings,
+        ))
+    }
+
+    /// The deltas of `component` (diffusers name → f32 delta, materialised on demand); pass it to
+    /// [`Checkpoint::var_builder_with_deltas`].
+    pub fn deltas(&self, component: Component) -> Arc<ComponentDeltas> {
+        self.deltas[slot(component)].clone()
+    }
+
+    /// Cache identity: equal keys ⇒ equal deltas (names, paths and scales in order).
+    pub fn key(&self) -> String {
+        self.key.clone()
+    }
+
+    /// True when no parameter is changed.
+    pub fn is_empty(&self) -> bool {
+        self.deltas.iter().all(|d| d.is_empty())
+    }
+}
+
+fn module_error(spec: &LoraSpec, key: &str, e: ModuleError) -> PipelineError {
+    match e {
+        ModuleError::Malformed(r) => lora_error(spec, key, r),
+        ModuleError::Shapes(r) => lora_error(spec, key, format!("incompatible factor shapes: {r}")),
+    }
+}
+
+fn lora_error(spec: &LoraSpec, key: &str, reason: String) -> PipelineError {
+    PipelineError::TensorInvalid {
+        path: spec.path.clone(),
+        tensor: key.to_string(),
+        reason: format!("LoRA `{}`: {reason}", spec.name),
+    }
+}
+
+/// Alpha for diffusers/PEFT keys from the `lora_adapter_metadata` JSON (`{"unet.lora_alpha": 8}`
+/// or `{"unet": {"lora_alpha": 8}}`), keyed by the component prefix.
+fn peft_alphas(lora: &LoraFile) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    let Some(text) = lora.metadata.get("lora_adapter_metadata") else {
+        return out;
+    };
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return out;
+    };
+    for (k, v) in &obj {
+        if let Some(prefix) = k.strip_suffix(".lora_alpha") {
+            if let Some(a) = v.as_f64() {
+                out.insert(prefix.to_string(), a);
+            }
+        } else if let Some(a) = v.get("lora_alpha").and_then(|a| a.as_f64()) {
+            out.insert(k.clone(), a);
+        }
+    }
+    out
+}
+
+fn refuse_non_sdxl(spec: &LoraSpec, lora: &LoraFile) -> Result<()> {
+    let sd1_key = lora.tensors.keys().find(|k| k.starts_with("lora_te_"));
+    let version = lora
+        .metadata
+        .get("ss_base_model_version")
+        .filter(|v| v.starts_with("sd_v1") || v.starts_with("sd_v2"));
+    if sd1_key.is_some() || version.is_some() {
+        let why = match (sd1_key, version) {
+            (Some(k), _) => format!("text-encoder key `{k}` uses the SD1.x `lora_te_` prefix"),
+            (None, Some(v)) => format!("metadata ss_base_model_version = {v}"),
+            (None, None) => String::new(),
+        };
+        return Err(PipelineError::ModelInvalid {
+            path: spec.path.clone(),
+            reason: format!(
+                "LoRA `{}` is for SD1.x/SD2.x, not SDXL ({why}); it cannot be applied",
+                spec.name
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn resolve(
+    spec: &LoraSpec,
+    lora: &LoraFile,
+    table: &KeyTable,
+    ckpt: &Checkpoint,
+    base_vbs: &mut HashMap<usize, candle_nn::VarBuilder<'static>>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(keys::Target, Term)>> {
+    refuse_non_sdxl(spec, lora)?;
+    if !spec.scale.is_finite() {
+        return Err(PipelineError::InvalidInput(format!(
+            "LoRA `{}`: scale {} is not finite",
+            spec.name, spec.scale
+        )));
+    }
+    let peft_alpha = peft_alphas(lora);
+    let (modules, unknown) = module::group(&lora.tensors);
+    let mut unmatched: Vec<String> = unknown;
+    let mut out = Vec::new();
+    for (name, m) in &modules {
+        let Some(target) = table.get(name) else {
+            unmatched.extend(m.parts.values().map(|(k, _)| k.clone()));
+            continue;
+        };
+        let first_key = m
+            .parts
+            .values()
+            .map(|(k, _)| k.as_str())
+            .min()
+            .unwrap_or(name);
+        let default_alpha = name
+            .split('.')
+            .next()
+            .and_then(|p| peft_alpha.get(p).copied());
+        if m.dora_scale().is_none() {
+            if let Some((up, down, used)) =
+                m.low_rank().map_err(|e| module_error(spec, first_key, e))?
+            {
+                let s = m
+                    .scale(Some(down.dim(0)?), default_alpha)
+                    .map_err(|e| module_error(spec, first_key, e))?;
+                let fits = up.dim(0)? == target.shape.first().copied().unwrap_or(0)
+                    && down.dim(1)? == target.shape.iter().skip(1).product::<usize>();
+                if !fits {
+                    return Err(lora_error(
+                        spec,
+                        first_key,
+                        format!(
+                            "delta shape {:?} does not fit `{}` of shape {:?}",
+                            [up.dim(0)?, down.dim(1)?],
+                            target.param,
+                            target.shape
+                        ),
+                    ));
+                }
+                unmatched.extend(m.unused_keys(&used));
+                out.push((
+                    target.clone(),
+                    Term::LowRank {
+                        up,
+                        down,
+                        scale: spec.scale * s,
+                    },
+                ));
+                continue;
+            }
+        }
+        let (updown, rank, used) = m.updown().map_err(|e| match e {
+            ModuleError::Malformed(r) => lora_error(spec, first_key, r),
+            ModuleError::Shapes(r) => {
+                lora_error(spec, first_key, format!("incompatible factor shapes: {r}"))
+            }
+        })?;
+        let s = m.scale(rank, default_alpha).map_err(|e| match e {
+            ModuleError::Malformed(r) | ModuleError::Shapes(r) => lora_error(spec, first_key, r),
+        })?;
+        unmatched.extend(m.unused_keys(&used));
+        let fits = updown.elem_count() == target.shape.iter().product::<usize>()
+            && updown.dim(0).ok() == target.shape.first().copied();
+        if !fits {
+            return Err(lora_error(
+                spec,
+                first_key,
+                format!(
+                    "delta shape {:?} does not fit `{}` of shape {:?}",
+                    updown.dims(),
+                    target.param,
+                    target.shape
+                ),
+            ));
+        }
+        let mut delta = updown.reshape(target.shape.as_slice())?;
+        if let Some(ds) = m.dora_scale() {
+            let in_dim = target.shape.get(1).copied().unwrap_or(0);
+            if ds.elem_count() != in_dim {
+                return Err(lora_error(
+                    spec,
+                    first_key,
+                    format!(
+                        "dora_scale shape {:?} does not fit {:?}",
+                        ds.dims(),
+                        target.shape
+                    ),
+                ));
+            }
+            let i = slot(target.component);
+            let vb = match base_vbs.get(&i) {
+                Some(vb) => vb.clone(),
+                None => {
+                    let vb = ckpt.var_builder(target.component, DType::F32, &Device::Cpu)?;
+                    base_vbs.insert(i, vb.clone());
+                    vb
+                }
+            };
+            let base = vb.get(target.shape.as_slice(), &target.param)?;
+            delta = math::dora(&delta, &base, ds)?;
+        }
+        let delta = (delta * (spec.scale * s))?;
+        out.push((target.clone(), Term::Full(delta)));
+    }
+    if out.is_empty() {
+        let sample: Vec<&str> = unmatched.iter().take(3).map(String::as_str).collect();
+        return Err(PipelineError::ModelInvalid {
+            path: spec.path.clone(),
+            reason: format!(
+                "LoRA `{}` matches no weight of this SDXL model ({} keys, e.g. {sample:?})",
+                spec.name,
+                lora.tensors.len()
+            ),
+        });
+    }
+    if !unmatched.is_empty() {
+        unmatched.sort();
+        warnings.push(format!(
+            "LoRA `{}`: {} key(s) not applied: {}",
+            spec.name,
+            unmatched.len(),
+            unmatched.join(", ")
+        ));
+    }
+    Ok(out)
+}
