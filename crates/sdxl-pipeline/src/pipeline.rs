@@ -8,6 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::checkpoint::{Checkpoint, Component};
+use crate::lora::{LiveWeights, LoraSet, SwitchOutcome};
 use crate::noise::{TorchGenerator, TorchNoiseSource};
 use crate::output::RgbImage;
 use crate::prompt::{Conditioning, PromptEncoder, PromptMode};
@@ -137,7 +138,8 @@ impl Default for LoadOptions {
     }
 }
 
-/// A loaded SDXL model: both text encoders, the UNet and the VAE on one device.
+/// A loaded SDXL model: both text encoders, the UNet and the VAE on one device, with the LoRA set
+/// currently merged into the text encoders and the UNet.
 pub struct SdxlModel {
     checkpoint: Arc<Checkpoint>,
     prompt_encoder: PromptEncoder,
@@ -145,22 +147,39 @@ pub struct SdxlModel {
     vae: AutoencoderKl,
     schedule: ModelSchedule,
     options: LoadOptions,
+    /// Handles of the LoRA-targetable weights (text encoder 1, text encoder 2, UNet).
+    live: Vec<LiveWeights>,
 }
 
 impl SdxlModel {
     /// Loads every component of `checkpoint` with `options`. The VAE runs in f32 when the weights
     /// are f16 and its config asks for an upcast (SDXL's VAE overflows in f16, SPEC §8).
     pub fn load(checkpoint: Arc<Checkpoint>, options: LoadOptions) -> Result<Self> {
+        Self::load_with_loras(checkpoint, options, &LoraSet::empty())
+    }
+
+    /// [`Self::load`] with `loras` merged into the weights as they are loaded.
+    pub fn load_with_loras(
+        checkpoint: Arc<Checkpoint>,
+        options: LoadOptions,
+        loras: &LoraSet,
+    ) -> Result<Self> {
         let (dtype, device) = (options.dtype, &options.device);
         let cfg = checkpoint.configs().clone();
-        let te1 = checkpoint.build(Component::TextEncoder, dtype, device, |vb| {
-            ClipTextEncoder::new(vb, &cfg.text_encoder)
-        })?;
-        let te2 = checkpoint.build(Component::TextEncoder2, dtype, device, |vb| {
-            ClipTextEncoder::new(vb, &cfg.text_encoder_2)
-        })?;
+        let ckpt = checkpoint.as_ref();
+        let (te1, live_te1) =
+            LiveWeights::load(ckpt, Component::TextEncoder, dtype, device, loras, |vb| {
+                ClipTextEncoder::new(vb, &cfg.text_encoder)
+            })?;
+        let (te2, live_te2) =
+            LiveWeights::load(ckpt, Component::TextEncoder2, dtype, device, loras, |vb| {
+                ClipTextEncoder::new(vb, &cfg.text_encoder_2)
+            })?;
         let prompt_encoder = PromptEncoder::new(te1, te2)?;
-        let unet = checkpoint.load_unet(dtype, device)?;
+        let (unet, live_unet) =
+            LiveWeights::load(ckpt, Component::Unet, dtype, device, loras, |vb| {
+                SdxlUNet::new(vb, &cfg.unet)
+            })?;
         let vae = checkpoint.load_vae(vae_dtype(dtype, cfg.vae.force_upcast), device)?;
         Ok(Self {
             checkpoint,
@@ -169,7 +188,27 @@ impl SdxlModel {
             vae,
             schedule: ModelSchedule::sdxl(),
             options,
+            live: vec![live_te1, live_te2, live_unet],
         })
+    }
+
+    /// Makes the merged LoRA set `loras` (the empty set restores the base weights exactly).
+    /// Only the parameters touched by the old or the new set are re-read from the checkpoint and
+    /// rewritten in place; the same set as before costs nothing. Returns how many parameters
+    /// were rewritten.
+    pub fn set_loras(&mut self, loras: &LoraSet) -> Result<usize> {
+        let mut rewritten = 0;
+        for live in &mut self.live {
+            if let SwitchOutcome::Rewritten(n) = live.switch(&self.checkpoint, loras)? {
+                rewritten += n;
+            }
+        }
+        Ok(rewritten)
+    }
+
+    /// The cache key of the merged LoRA set (`None` after a failed switch).
+    pub fn lora_key(&self) -> Option<&str> {
+        self.live.first().and_then(LiveWeights::key)
     }
 
     /// The checkpoint the model was loaded from.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use sdxl_pipeline::checkpoint::Checkpoint;
+use sdxl_pipeline::lora::{LoraSet, LoraSpec};
 use sdxl_pipeline::output::encode_image;
 use sdxl_pipeline::pipeline::{LoadOptions, SdxlModel, StepProgress};
 use sdxl_pipeline::sampling::Prediction;
@@ -54,20 +55,47 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
     for w in &job.warnings {
         eprintln!("warning: {w}");
     }
-    if !args.loras.is_empty() || job_loras.is_some() || !job.loras.is_empty() {
-        bail!("LoRA merging is not available in this build yet");
-    }
+    let lora_specs = if !args.loras.is_empty() {
+        args.loras
+            .iter()
+            .map(|spec| lora_from_flag(spec, store.as_ref()))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        let named = match job_loras {
+            Some(v) => {
+                job::validate(&serde_json::json!({"prompt": "", "loras": v}), &catalog)
+                    .map_err(|e| anyhow::anyhow!("{} [{}]", e.message, e.code.as_str()))?
+                    .loras
+            }
+            None => job.loras.clone(),
+        };
+        named
+            .iter()
+            .map(|l| lora_from_catalog(&l.name, l.scale, store.as_ref()))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
 
     let checkpoint = Arc::new(Checkpoint::open(&target.source)?);
+    let (loras, lora_warnings) = LoraSet::load(&lora_specs, &checkpoint)?;
+    for w in &lora_warnings {
+        eprintln!("warning: {w}");
+    }
     let options = LoadOptions {
         dtype,
         device,
         prediction: target.prediction,
     };
     eprintln!("loading {} ...", target.label);
-    let model = SdxlModel::load(checkpoint, options)?;
+    let model = SdxlModel::load_with_loras(checkpoint, options, &loras)?;
     let job = ValidatedJob {
         checkpoint: Some(target.label.clone()),
+        loras: lora_specs
+            .iter()
+            .map(|l| crate::handler::LoraSpec {
+                name: l.name.clone(),
+                scale: l.scale,
+            })
+            .collect(),
         ..job
     };
     render_and_write(&model, &job, &args.out)?;
@@ -239,6 +267,56 @@ fn fetch_entry(
             models::Prediction::VPrediction => Prediction::V,
         },
         from_models_toml: true,
+    })
+}
+
+/// `--lora NAME_OR_PATH[:SCALE]`: a models.toml LoRA name (default scale from models.toml) or a
+/// `.safetensors` path (default scale 1).
+fn lora_from_flag(spec: &str, store: Option<&ModelStore>) -> anyhow::Result<LoraSpec> {
+    let (target, scale) = match spec.rsplit_once(':') {
+        Some((head, tail)) if !head.is_empty() => match tail.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => (head, Some(v)),
+            Ok(_) => bail!("--lora {spec:?}: the scale must be a finite number"),
+            Err(_) => (spec, None),
+        },
+        _ => (spec, None),
+    };
+    if let Some(entry) = store.and_then(|s| s.config().lora(target)) {
+        return lora_from_catalog(&entry.name, scale.unwrap_or(entry.scale), store);
+    }
+    let path = Path::new(target);
+    if !path.is_file() {
+        bail!("--lora {spec:?}: {target:?} is neither a models.toml LoRA nor an existing file");
+    }
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| target.to_string());
+    Ok(LoraSpec {
+        path: path.to_path_buf(),
+        name,
+        scale: scale.unwrap_or(1.0),
+    })
+}
+
+/// A models.toml LoRA, fetched on first use.
+fn lora_from_catalog(
+    name: &str,
+    scale: f64,
+    store: Option<&ModelStore>,
+) -> anyhow::Result<LoraSpec> {
+    let Some(store) = store else {
+        bail!("LoRA {name:?}: models.toml is not available");
+    };
+    let entry = store.config().require_lora(name)?;
+    eprintln!("fetching LoRA {} (first use downloads it) ...", entry.name);
+    let path = store
+        .fetch(entry, None)
+        .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
+    Ok(LoraSpec {
+        path,
+        name: entry.name.clone(),
+        scale,
     })
 }
 

@@ -163,3 +163,8 @@ fn renders_k_diffusion_samplers() {
 fn renders_prompt_modes_and_zero_negative() {
     check(&["no_negative", "long_blend", "long_concat"]);
 }
+
+#[test]
+fn renders_with_a_kohya_lora() {
+    check(&["lora_a"]);
+}

@@ -86,3 +86,61 @@ async fn runsync_returns_png_with_infotext() {
     let t = &output["timings"];
     assert!(t["total_ms"].as_u64().is_some() && t["denoise_ms"].as_u64().is_some());
 }
+
+/// Default LoRAs from models.toml are merged; a job with `"loras": []` gets the base weights
+/// back exactly, and the default set again gives bit-identical images (in-place switching).
+#[test]
+fn lora_sets_switch_between_jobs() {
+    use sdxl_worker::handler::{execute, CancelFlag};
+    let cache = tempfile::tempdir().unwrap();
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let text = format!(
+        r#"
+cache_dir = "{cache}"
+
+[[checkpoints]]
+name = "Tiny SDXL"
+path = "{file}"
+config = "{config}"
+
+[[loras]]
+name = "Tiny LoRA A"
+path = "{lora}"
+scale = 1.5
+"#,
+        cache = cache.path().display(),
+        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
+        config = fx.join("tiny-sdxl").display(),
+        lora = fx.join("tiny-lora-kohya.safetensors").display(),
+    );
+    let config = ModelsConfig::from_toml_str(&text, &cache.path().join("models.toml")).unwrap();
+    let handler =
+        ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let run = |input: Value| {
+        let out = execute(&handler, &input, &|_, _| {}, &CancelFlag::new()).expect("job");
+        (out.images[0].clone(), out.info, out.parameters)
+    };
+    let base = json!({"prompt": "a red apple", "steps": 2, "width": 64, "height": 64, "seed": 5, "sampler_name": "Euler"});
+    let mut no_lora = base.clone();
+    no_lora["loras"] = json!([]);
+
+    let (with_a, info_a, params_a) = run(base.clone());
+    assert_eq!(
+        params_a["loras"],
+        json!([{"name": "Tiny LoRA A", "scale": 1.5}])
+    );
+    assert!(info_a.contains("Tiny LoRA A"), "{info_a}");
+    let (plain, _, params_plain) = run(no_lora.clone());
+    assert_eq!(params_plain["loras"], json!([]));
+    assert_ne!(with_a, plain, "the LoRA must change the image");
+    let (with_a_again, _, _) = run(base);
+    assert_eq!(
+        with_a, with_a_again,
+        "switching back must restore the merged weights exactly"
+    );
+    let (plain_again, _, _) = run(no_lora);
+    assert_eq!(
+        plain, plain_again,
+        "switching to no LoRA must restore the base exactly"
+    );
+}

@@ -76,11 +76,7 @@ impl LoraSet {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        let key = specs
-            .iter()
-            .map(|s| format!("{}={}@{}", s.name, s.path.display(), s.scale))
-            .collect::<Vec<_>>()
-            .join(";");
+        let key = Self::key_of(specs);
         Ok((
             Self {
                 key,
@@ -88,6 +84,16 @@ impl LoraSet {
             },
             warnings,
         ))
+    }
+
+    /// The key a set loaded from `specs` has (names, paths and scales in order), so a caller can
+    /// tell a cache hit without reading any file.
+    pub fn key_of(specs: &[LoraSpec]) -> String {
+        specs
+            .iter()
+            .map(|s| format!("{}={}@{}", s.name, s.path.display(), s.scale))
+            .collect::<Vec<_>>()
+            .join(";")
     }
 
     /// The deltas of `component` (diffusers name → f32 delta, materialised on demand); pass it to
