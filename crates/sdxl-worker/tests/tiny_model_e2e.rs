@@ -116,6 +116,9 @@ scale = 1.5
     let config = ModelsConfig::from_toml_str(&text, &cache.path().join("models.toml")).unwrap();
     let handler =
         ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    handler
+        .preload()
+        .expect("preload merges the default LoRA set");
     let run = |input: Value| {
         let out = execute(&handler, &input, &|_, _| {}, &CancelFlag::new()).expect("job");
         (out.images[0].clone(), out.info, out.parameters)

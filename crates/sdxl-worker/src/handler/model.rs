@@ -51,8 +51,8 @@ impl ModelHandler {
         })
     }
 
-    /// Fetches and loads the default checkpoint, so the first job does not pay for it (the
-    /// RunPod loop calls this before its first take and ping).
+    /// Fetches and loads the default checkpoint with the default LoRA set merged, so the first
+    /// job does not pay for it (`load_handler` calls this before the first take and ping).
     pub fn preload(&self) -> Result<(), JobError> {
         let name = self
             .catalog
@@ -60,7 +60,12 @@ impl ModelHandler {
             .ok_or_else(|| JobError::new(ErrorCode::UnknownModel, "models.toml has no checkpoint"))?
             .to_string();
         let mut slot = self.lock_loaded()?;
-        self.ensure_loaded(&mut slot, &name).map(|_| ())
+        self.ensure_loaded(&mut slot, &name)?;
+        // Merge the default LoRA set now too, so a job that uses it starts rendering at once.
+        let loaded = slot
+            .as_mut()
+            .ok_or_else(|| JobError::internal("model slot empty after loading"))?;
+        self.merge_loras(loaded, &self.catalog.default_loras)
     }
 
     fn lock_loaded(&self) -> Result<std::sync::MutexGuard<'_, Option<LoadedModel>>, JobError> {
