@@ -247,7 +247,6 @@ impl SdxlModel {
         let encode_ms = ms_since(started);
 
         let shape = [1, 4, (req.height / 8) as usize, (req.width / 8) as usize];
-        let total = req.steps * req.batch_size;
         let mut images = Vec::with_capacity(req.batch_size as usize);
         let mut seeds = Vec::with_capacity(req.batch_size as usize);
         let (mut denoise_ms, mut decode_ms) = (0.0, 0.0);
@@ -257,11 +256,14 @@ impl SdxlModel {
             let noise = TorchGenerator::new(seed).randn_tensor(&shape, &self.options.device)?;
             let x = noise.affine(choice.init_noise.factor(sigma0), 0.0)?;
             let mut noise_source = TorchNoiseSource::new(seed, &shape, &self.options.device);
-            let mut step_cb = |k: usize, _n: usize| -> Result<()> {
+            // The sampler's own step count: A1111's timestep samplers may run one more step
+            // than requested (e.g. DDIM/UniPC with a step count that does not divide 1000).
+            let mut step_cb = |k: usize, n: usize| -> Result<()> {
+                let n = n as u32;
                 on_step(StepProgress {
                     image: i,
-                    done: i * req.steps + k as u32 + 1,
-                    total,
+                    done: i * n + k as u32 + 1,
+                    total: n * req.batch_size,
                 });
                 if cancel.load(Ordering::Relaxed) {
                     return Err(PipelineError::Cancelled);

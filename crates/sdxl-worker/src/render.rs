@@ -110,7 +110,10 @@ fn render_and_write(model: &SdxlModel, job: &ValidatedJob, out: &Path) -> anyhow
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let cancel = AtomicBool::new(false);
-    let mut on_step = |p: StepProgress| bar.set_position(u64::from(p.done));
+    let mut on_step = |p: StepProgress| {
+        bar.set_length(u64::from(p.total));
+        bar.set_position(u64::from(p.done));
+    };
     let result = model.txt2img(&job.request, &mut on_step, &cancel);
     bar.finish_and_clear();
     let out_imgs = result?;

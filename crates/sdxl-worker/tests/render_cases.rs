@@ -5,6 +5,10 @@
 //!
 //! Bar: PSNR ≥ 60 dB and max |Δ| ≤ 2/255 in f32 (an f64 re-render of the contract differs from
 //! f32 by > 80 dB, so a correct implementation has a wide margin).
+//!
+//! `extra_cases.txt` (same format and bar) adds A1111's timestep samplers DDIM and UniPC, rendered
+//! by `scripts/fixtures/make_timestep_renders.py` (Python ports of A1111's samplers on the same
+//! reference pipeline).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,7 +104,13 @@ fn run_case(name: &str, words: &[String], out_dir: &Path) -> (f64, u8) {
 }
 
 fn cases() -> Vec<(String, Vec<String>)> {
-    let text = std::fs::read_to_string(fixtures().join("renders/cases.txt")).expect("cases.txt");
+    cases_in("cases.txt")
+}
+
+/// The cases of one list file under `tests/fixtures/renders/`.
+fn cases_in(file: &str) -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(fixtures().join("renders").join(file))
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -112,13 +122,17 @@ fn cases() -> Vec<(String, Vec<String>)> {
 }
 
 fn check(names: &[&str]) {
+    check_in("cases.txt", names)
+}
+
+fn check_in(file: &str, names: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let all = cases();
+    let all = cases_in(file);
     for want in names {
         let (name, words) = all
             .iter()
             .find(|(n, _)| n == want)
-            .unwrap_or_else(|| panic!("case {want} not in cases.txt"));
+            .unwrap_or_else(|| panic!("case {want} not in {file}"));
         let (psnr, max) = run_case(name, words, dir.path());
         eprintln!("{name}: PSNR {psnr:.2} dB, max |Δ| {max}");
         assert!(
@@ -167,4 +181,18 @@ fn renders_prompt_modes_and_zero_negative() {
 #[test]
 fn renders_with_a_kohya_lora() {
     check(&["lora_a"]);
+}
+
+#[test]
+fn every_extra_case_is_covered() {
+    let names: Vec<String> = cases_in("extra_cases.txt")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["ddim", "unipc"]);
+}
+
+#[test]
+fn renders_a1111_timestep_samplers() {
+    check_in("extra_cases.txt", &["ddim", "unipc"]);
 }

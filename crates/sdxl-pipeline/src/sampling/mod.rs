@@ -23,6 +23,7 @@ pub mod lms;
 pub mod names;
 pub mod prediction;
 pub mod schedule;
+pub mod unipc;
 
 pub use names::{
     resolve_sampler, sampler_names, scheduler_names, sigmas_for, InitNoise, SamplerChoice,

@@ -14,6 +14,7 @@ use super::euler_ancestral::EulerAncestral;
 use super::heun::Heun;
 use super::lms::Lms;
 use super::schedule::{ModelSchedule, ScheduleKind};
+use super::unipc::UniPc;
 use super::Sampler;
 use crate::{PipelineError, Result};
 
@@ -89,6 +90,7 @@ enum Kind {
     DpmPp2MSdeHeun,
     DpmPp3MSde,
     Ddim,
+    UniPc,
 }
 
 struct Row {
@@ -196,6 +198,15 @@ const SAMPLERS: &[Row] = &[
         name: "DDIM",
         aliases: &["ddim"],
         kind: Kind::Ddim,
+        default_schedule: Sched::Automatic,
+        discard: false,
+        noise: false,
+        second_order: false,
+    },
+    Row {
+        name: "UniPC",
+        aliases: &["unipc"],
+        kind: Kind::UniPc,
         default_schedule: Sched::Automatic,
         discard: false,
         noise: false,
@@ -325,6 +336,7 @@ fn build(kind: Kind) -> Box<dyn Sampler> {
         }),
         Kind::DpmPp3MSde => Box::new(DpmPp3MSde::default()),
         Kind::Ddim => Box::new(Ddim),
+        Kind::UniPc => Box::new(UniPc::default()),
     }
 }
 
@@ -353,9 +365,18 @@ fn valid_scheduler_list() -> String {
         .join(", ")
 }
 
+/// The fixed schedule of A1111's timestep samplers (DDIM, UniPC), which ignore the scheduler.
+fn timestep_schedule(kind: Kind) -> Option<ScheduleKind> {
+    match kind {
+        Kind::Ddim => Some(ScheduleKind::Timesteps),
+        Kind::UniPc => Some(ScheduleKind::UniPcTimeUniform),
+        _ => None,
+    }
+}
+
 /// Resolves an A1111 sampler name (legacy "X Karras" form or bare) and an optional scheduler
 /// (`karras`, `exponential`, `normal`, `uniform`, `sgm_uniform`, `automatic`; case-insensitive).
-/// DDIM ignores the scheduler, as in A1111.
+/// DDIM and UniPC ignore the scheduler, as in A1111.
 pub fn resolve_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerChoice> {
     let explicit = match scheduler.map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
@@ -387,10 +408,10 @@ pub fn resolve_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerCho
         (None, Some(s)) => s,
         (None, None) => Sched::Automatic,
     };
-    if row.kind == Kind::Ddim {
+    if let Some(schedule) = timestep_schedule(row.kind) {
         return Ok(SamplerChoice {
             sampler: build(row.kind),
-            schedule: ScheduleKind::Timesteps,
+            schedule,
             discard_next_to_last_sigma: false,
             uses_noise: false,
             infotext_sampler: row.name.to_string(),

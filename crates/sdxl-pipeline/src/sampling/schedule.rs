@@ -30,6 +30,9 @@ pub enum ScheduleKind {
     SgmUniform,
     /// A1111 timestep samplers (DDIM): σ at t = `range(0, 1000, 1000//n) + 1`, descending, no trailing 0.
     Timesteps,
+    /// A1111 UniPC: its `time_uniform` continuous-time grid as VE sigmas, no trailing 0
+    /// ([`super::unipc::time_uniform_sigmas`]).
+    UniPcTimeUniform,
 }
 
 impl ModelSchedule {
@@ -157,6 +160,9 @@ impl ModelSchedule {
                     .rev()
                     .map(|&t| self.sigmas.get(t).copied().unwrap_or(0.0))
                     .collect())
+            }
+            ScheduleKind::UniPcTimeUniform => {
+                return super::unipc::time_uniform_sigmas(self, n);
             }
         };
         s.push(0.0);
