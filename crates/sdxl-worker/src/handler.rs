@@ -5,7 +5,7 @@
 mod model;
 mod stub;
 
-pub use model::{catalog_from, source_for, ModelHandler};
+pub use model::{catalog_from, pipeline_catalog, source_for, ModelHandler};
 pub use stub::StubHandler;
 
 use crate::job::{self, ValidatedJob};

@@ -19,7 +19,7 @@ use sdxl_pipeline::sampling::Prediction;
 use serde_json::{Map, Value};
 
 use crate::cli::RenderArgs;
-use crate::handler::{catalog_from, source_for, Catalog};
+use crate::handler::{catalog_from, pipeline_catalog, source_for};
 use crate::job::{self, ValidatedJob};
 use crate::models::{self, ModelsConfig};
 use crate::store::ModelStore;
@@ -40,7 +40,7 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
     let mut catalog = store
         .as_ref()
         .map(|s| catalog_from(s.config()))
-        .unwrap_or_else(base_catalog);
+        .unwrap_or_else(pipeline_catalog);
     if !target.from_models_toml {
         catalog.default_loras.clear();
     }
@@ -321,21 +321,6 @@ fn lora_from_catalog(
         name: entry.name.clone(),
         scale,
     })
-}
-
-/// Sampler names only: for renders without models.toml.
-fn base_catalog() -> Catalog {
-    Catalog {
-        samplers: sdxl_pipeline::sampling::sampler_names()
-            .into_iter()
-            .map(|s| s.name)
-            .collect(),
-        schedulers: sdxl_pipeline::sampling::scheduler_names()
-            .into_iter()
-            .map(|s| s.name)
-            .collect(),
-        ..Catalog::default()
-    }
 }
 
 #[cfg(test)]

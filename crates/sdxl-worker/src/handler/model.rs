@@ -253,7 +253,15 @@ pub fn catalog_from(config: &ModelsConfig) -> Catalog {
         default_checkpoint: Some(config.default_checkpoint().name.clone()),
         default_loras: loras.clone(),
         loras,
+        ..pipeline_catalog()
+    }
+}
+
+/// The sampler and schedule names the pipeline serves, with no models (for renders by path).
+pub fn pipeline_catalog() -> Catalog {
+    Catalog {
         samplers: sampler_names().into_iter().map(|s| s.name).collect(),
         schedulers: scheduler_names().into_iter().map(|s| s.name).collect(),
+        ..Catalog::default()
     }
 }
