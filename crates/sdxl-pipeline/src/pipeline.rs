@@ -216,6 +216,11 @@ impl SdxlModel {
         &self.checkpoint
     }
 
+    /// The dtype the VAE decodes in (f32 for an f16 model unless the VAE is fp16-safe).
+    pub fn vae_dtype(&self) -> DType {
+        self.vae.dtype()
+    }
+
     /// The load options in effect.
     pub fn options(&self) -> &LoadOptions {
         &self.options

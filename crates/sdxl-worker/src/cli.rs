@@ -99,6 +99,13 @@ pub struct RenderArgs {
     /// A diffusers directory whose configs describe a single-file checkpoint.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A standalone VAE .safetensors (diffusers or original layout) instead of the checkpoint's;
+    /// without it, models.toml's `[vae]` applies to models.toml checkpoints.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// The --vae file is not fp16-safe: decode in f32 when the model is f16.
+    #[arg(long, requires = "vae")]
+    pub vae_upcast: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,

@@ -156,6 +156,9 @@ pub struct VaeEntry {
     pub sha256: Option<String>,
     /// Credential policy override.
     pub auth: Option<AuthKind>,
+    /// The VAE does not overflow in fp16 (`fp16_safe`, default true: the usual override is the
+    /// fp16-fix VAE), so f16 models decode in f16 instead of upcasting to f32.
+    pub fp16_safe: bool,
 }
 
 /// The whole models.toml.
@@ -198,6 +201,7 @@ struct RawEntry {
     config: Option<PathBuf>,
     scale: Option<f64>,
     auth: Option<AuthKind>,
+    fp16_safe: Option<bool>,
 }
 
 /// Which table an entry is in; decides which keys are allowed.
@@ -513,6 +517,7 @@ fn vae_entry(mut e: RawEntry, file: &Path, base: &Path) -> Result<VaeEntry, Mode
         filename: common.filename,
         sha256: common.sha256,
         auth: common.auth,
+        fp16_safe: e.fp16_safe.unwrap_or(true),
     })
 }
 
@@ -546,6 +551,9 @@ fn reject_keys(e: &RawEntry, table: Table, ctx: &EntryCtx) -> Result<(), ModelsE
     }
     if table != Table::Loras && e.scale.is_some() {
         bad.push("scale");
+    }
+    if table != Table::Vae && e.fp16_safe.is_some() {
+        bad.push("fp16_safe");
     }
     if bad.is_empty() {
         Ok(())

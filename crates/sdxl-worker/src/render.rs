@@ -1,8 +1,9 @@
 //! `sdxl-worker render`: renders images locally and writes them with A1111 infotext.
 //!
 //! The job fields come from the flags (or `--json FILE`, flags winning) and go through the same
-//! validation as RunPod jobs. `--checkpoint` and `--lora` also accept paths: a path checkpoint gets
-//! no default LoRAs (models.toml's defaults belong to models.toml's checkpoints).
+//! validation as RunPod jobs. `--checkpoint`, `--lora` and `--vae` also accept paths: a path
+//! checkpoint gets no default LoRAs and no `[vae]` override (models.toml's defaults belong to
+//! models.toml's checkpoints).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use sdxl_pipeline::checkpoint::Checkpoint;
+use sdxl_pipeline::checkpoint::{Checkpoint, VaeOverride};
 use sdxl_pipeline::lora::{LoraSet, LoraSpec};
 use sdxl_pipeline::output::encode_image;
 use sdxl_pipeline::pipeline::{LoadOptions, SdxlModel, StepProgress};
@@ -75,7 +76,8 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
             .collect::<anyhow::Result<Vec<_>>>()?
     };
 
-    let checkpoint = Arc::new(Checkpoint::open(&target.source)?);
+    let vae = vae_override(args, store.as_ref(), target.from_models_toml)?;
+    let checkpoint = Arc::new(Checkpoint::open_with_vae(&target.source, vae.as_ref())?);
     let (loras, lora_warnings) = LoraSet::load(&lora_specs, &checkpoint)?;
     for w in &lora_warnings {
         eprintln!("warning: {w}");
@@ -271,6 +273,29 @@ fn fetch_entry(
         },
         from_models_toml: true,
     })
+}
+
+/// `--vae PATH`, else models.toml's `[vae]` for a models.toml checkpoint (fetched on first use).
+fn vae_override(
+    args: &RenderArgs,
+    store: Option<&ModelStore>,
+    from_models_toml: bool,
+) -> anyhow::Result<Option<VaeOverride>> {
+    if let Some(path) = &args.vae {
+        if !path.is_file() {
+            bail!("--vae {}: no such file", path.display());
+        }
+        return Ok(Some(VaeOverride {
+            path: path.clone(),
+            fp16_safe: !args.vae_upcast,
+        }));
+    }
+    match store {
+        Some(store) if from_models_toml => store
+            .vae_override()
+            .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code())),
+        _ => Ok(None),
+    }
 }
 
 /// `--lora NAME_OR_PATH[:SCALE]`: a models.toml LoRA name (default scale from models.toml) or a

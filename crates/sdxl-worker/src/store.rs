@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sdxl_pipeline::checkpoint::VaeOverride;
+
 use crate::cache::{CacheEntry, ModelCache};
 use crate::download::{DownloadError, DownloadProgress, TracingProgress};
 use crate::models::ModelsConfig;
@@ -59,5 +61,18 @@ impl ModelStore {
                     })
                 })
         })
+    }
+
+    /// The models.toml `[vae]` override as a verified local file (downloaded on first use), or
+    /// `None` when models.toml names no VAE.
+    pub fn vae_override(&self) -> Result<Option<VaeOverride>, DownloadError> {
+        let Some(entry) = &self.config.vae else {
+            return Ok(None);
+        };
+        let path = self.fetch(entry, None)?;
+        Ok(Some(VaeOverride {
+            path,
+            fp16_safe: entry.fp16_safe,
+        }))
     }
 }

@@ -58,6 +58,7 @@ fn shipped_models_toml_matches_spec() {
                 || t.starts_with("# scale")
                 || t.starts_with("# auth")
                 || t.starts_with("# source")
+                || t.starts_with("# fp16_safe")
             {
                 t.trim_start_matches("# ").to_string()
             } else {
@@ -86,6 +87,27 @@ fn shipped_models_toml_matches_spec() {
         }
     );
     assert_eq!(vae.filename, "diffusion_pytorch_model.safetensors");
+    assert!(vae.fp16_safe);
+}
+
+#[test]
+fn vae_fp16_safe_defaults_to_true_and_belongs_to_the_vae_only() {
+    let with_vae = |extra: &str| format!("{ONE}\n[vae]\nsource = \"hf:o/r\"\n{extra}");
+    assert!(parse(&with_vae("")).unwrap().vae.unwrap().fp16_safe);
+    assert!(
+        !parse(&with_vae("fp16_safe = false"))
+            .unwrap()
+            .vae
+            .unwrap()
+            .fp16_safe
+    );
+    let e = err(&format!("{ONE}fp16_safe = true\n"));
+    assert_eq!(
+        e,
+        r#"/etc/sdxl/models.toml: checkpoints[0] "A": unknown key(s) here: fp16_safe"#
+    );
+    let e = err(&with_vae("fp16_safe = \"yes\""));
+    assert!(e.contains("invalid type"), "{e}");
 }
 
 #[test]

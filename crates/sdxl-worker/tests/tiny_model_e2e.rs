@@ -147,3 +147,55 @@ scale = 1.5
         "switching to no LoRA must restore the base exactly"
     );
 }
+
+/// models.toml's `[vae]` replaces the checkpoint's VAE for jobs: a VAE whose decoder output conv
+/// is zeroed decodes every latent to 0, i.e. the uniform grey 128 after `x/2 + 0.5`.
+#[test]
+fn vae_override_from_models_toml_is_used_by_jobs() {
+    use sdxl_worker::handler::{execute, CancelFlag};
+    let cache = tempfile::tempdir().unwrap();
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let mut vae = candle_core::safetensors::load(
+        fx.join("tiny-sdxl/vae/diffusion_pytorch_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for name in ["decoder.conv_out.weight", "decoder.conv_out.bias"] {
+        let t = vae.get(name).expect(name).zeros_like().unwrap();
+        vae.insert(name.to_string(), t);
+    }
+    let vae_path = cache.path().join("grey-vae.safetensors");
+    candle_core::safetensors::save(&vae, &vae_path).unwrap();
+    let text = format!(
+        r#"
+cache_dir = "{cache}"
+
+[[checkpoints]]
+name = "Tiny SDXL"
+path = "{file}"
+config = "{config}"
+
+[vae]
+path = "{vae}"
+"#,
+        cache = cache.path().display(),
+        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
+        config = fx.join("tiny-sdxl").display(),
+        vae = vae_path.display(),
+    );
+    let config = ModelsConfig::from_toml_str(&text, &cache.path().join("models.toml")).unwrap();
+    let handler =
+        ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let input = json!({"prompt": "a red apple", "steps": 2, "width": 64, "height": 64, "seed": 5});
+    let out = execute(&handler, &input, &|_, _| {}, &CancelFlag::new()).expect("job");
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(&out.images[0])
+        .unwrap();
+    let img = image::load_from_memory(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (64, 64));
+    assert!(
+        img.pixels().all(|p| p.0 == [128, 128, 128]),
+        "the override VAE was not used"
+    );
+}

@@ -6,6 +6,7 @@ mod backend;
 mod configs;
 mod header;
 mod names;
+mod vae_file;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use crate::{PipelineError, Result};
 use backend::ComponentBackend;
 pub use backend::{DeltaSource, WeightHandles};
 use names::NameMap;
+pub use vae_file::VaeLayout;
 
 /// Where the weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,16 @@ pub enum ModelSource {
     },
     /// A diffusers directory (`unet/`, `vae/`, `text_encoder/`, `text_encoder_2/`).
     DiffusersDir(PathBuf),
+}
+
+/// A standalone VAE that replaces the checkpoint's own (models.toml `[vae]`, SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaeOverride {
+    /// The `.safetensors` file (diffusers or original layout).
+    pub path: PathBuf,
+    /// The VAE does not overflow in fp16 (e.g. `madebyollin/sdxl-vae-fp16-fix`): an f16 model
+    /// then decodes in f16 instead of upcasting to f32. A non-finite decode still retries in f32.
+    pub fp16_safe: bool,
 }
 
 /// One of the four SDXL models.
@@ -95,7 +107,14 @@ impl Checkpoint {
     /// Opens `source`: reads configs, maps every weight file and validates its header. A file that
     /// is not safetensors is [`PipelineError::ModelInvalid`] naming it.
     pub fn open(source: &ModelSource) -> Result<Self> {
-        match source {
+        Self::open_with_vae(source, None)
+    }
+
+    /// [`Self::open`], with the VAE taken from `vae` instead of the checkpoint when given. The
+    /// override keeps the checkpoint's VAE architecture config; its `force_upcast` becomes
+    /// `!vae.fp16_safe`.
+    pub fn open_with_vae(source: &ModelSource, vae: Option<&VaeOverride>) -> Result<Self> {
+        let (mut files, mut maps, mut configs, single_file) = match source {
             ModelSource::SingleFile { path, config_dir } => {
                 let configs = match config_dir {
                     Some(dir) => SdxlConfigs::from_dir(dir)?,
@@ -104,7 +123,6 @@ impl Checkpoint {
                 let file = SafetensorsFile::open(path)?;
                 let maps =
                     names::single_file_maps(file.tensors().iter(), 0, &configs.unet, &configs.vae);
-                let maps = maps.map(Arc::new);
                 if maps[0].is_empty() {
                     return Err(PipelineError::ModelInvalid {
                         path: path.clone(),
@@ -113,12 +131,7 @@ impl Checkpoint {
                         ),
                     });
                 }
-                Ok(Self {
-                    files: Arc::new(vec![file]),
-                    maps,
-                    configs,
-                    single_file: true,
-                })
+                (vec![file], maps, configs, true)
             }
             ModelSource::DiffusersDir(dir) => {
                 let configs = SdxlConfigs::from_dir(dir)?;
@@ -137,14 +150,28 @@ impl Checkpoint {
                         files.push(file);
                     }
                 }
-                Ok(Self {
-                    files: Arc::new(files),
-                    maps: maps.map(Arc::new),
-                    configs,
-                    single_file: false,
-                })
+                (files, maps, configs, false)
             }
+        };
+        if let Some(vae) = vae {
+            let file = SafetensorsFile::open(&vae.path)?;
+            let levels = configs.vae.block_out_channels.len();
+            let (map, layout) = vae_file::vae_file_map(file.tensors().iter(), files.len(), levels)
+                .map_err(|reason| PipelineError::ModelInvalid {
+                    path: vae.path.clone(),
+                    reason,
+                })?;
+            tracing::info!(path = %vae.path.display(), ?layout, fp16_safe = vae.fp16_safe, "VAE override");
+            files.push(file);
+            maps[Component::Vae.index()] = map;
+            configs.vae.force_upcast = !vae.fp16_safe;
         }
+        Ok(Self {
+            files: Arc::new(files),
+            maps: maps.map(Arc::new),
+            configs,
+            single_file,
+        })
     }
 
     /// The architecture configs.

@@ -59,7 +59,14 @@ pub struct Source {
 /// diffusers name → source, for one component.
 pub type NameMap = BTreeMap<String, Source>;
 
-fn insert(map: &mut NameMap, name: String, file: usize, key: &str, t: Transform, e: &TensorEntry) {
+pub(super) fn insert(
+    map: &mut NameMap,
+    name: String,
+    file: usize,
+    key: &str,
+    t: Transform,
+    e: &TensorEntry,
+) {
     match t.shape(&e.shape) {
         Some(shape) => {
             map.insert(

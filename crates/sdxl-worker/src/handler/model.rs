@@ -90,10 +90,14 @@ impl ModelHandler {
             .store
             .fetch(entry, None)
             .map_err(|e| JobError::new(code_of(e.code()), e.to_string()))?;
+        let vae = self
+            .store
+            .vae_override()
+            .map_err(|e| JobError::new(code_of(e.code()), e.to_string()))?;
         // Free the previous model before loading the next one (device memory).
         *slot = None;
         let source = source_for(&path, entry.config.as_deref());
-        let checkpoint = Arc::new(Checkpoint::open(&source)?);
+        let checkpoint = Arc::new(Checkpoint::open_with_vae(&source, vae.as_ref())?);
         let options = LoadOptions {
             dtype: self.dtype,
             device: self.device.clone(),
