@@ -68,7 +68,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves the local HTTP API on `host:port` until interrupted.
+/// Serves the local HTTP API on `host:port` until SIGTERM or SIGINT (requests in flight finish).
 pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
     logging::init_stderr();
     let handler = handler::load_handler(models_toml)?;
@@ -83,9 +83,12 @@ pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<
         })?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!("local API listening on http://{addr} (RunPod routes, /v2/<endpoint>/..., /sdapi/v1/...)");
-        serve(listener, handler, ApiConfig::default(), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        serve(
+            listener,
+            handler,
+            ApiConfig::default(),
+            crate::signals::termination(),
+        )
         .await
     })?;
     Ok(ExitCode::SUCCESS)

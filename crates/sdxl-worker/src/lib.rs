@@ -14,4 +14,5 @@ pub mod logging;
 pub mod models;
 pub mod render;
 pub mod runpod;
+pub mod signals;
 pub mod store;

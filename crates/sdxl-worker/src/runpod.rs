@@ -91,25 +91,7 @@ pub fn run_serve(models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
 
 fn spawn_signal_listener(shutdown: Shutdown) {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: finishing the current job, then exiting"),
-                _ = int.recv() => tracing::info!("SIGINT: finishing the current job, then exiting"),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        crate::signals::termination().await;
         shutdown.trigger();
     });
 }

@@ -190,3 +190,33 @@ async fn sigterm_while_idle_in_a_long_poll_exits_quickly() {
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert!(fake.dones().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_local_api() {
+    // A free port: bind, read it, release it for the worker.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = worker()
+        .args(["api", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let up = wait_until(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(up, "the API did not start listening");
+    let reply = reqwest::get(&health).await.unwrap();
+    assert!(reply.status().is_success());
+    sigterm(child.id());
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(status.expect("the API exits on SIGTERM").code(), Some(0));
+}

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
 use super::header::SafetensorsFile;
+use super::merge;
 use super::names::{NameMap, Source, Transform};
 use crate::PipelineError;
 
@@ -118,11 +119,14 @@ impl ComponentBackend {
         };
         let t = match delta {
             Some(delta) => {
-                (t.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?.to_device(dev)?)?
+                let delta = delta.to_dtype(DType::F32)?.to_device(dev)?;
+                match merge::fused_add_cast(&t, &delta, dtype)? {
+                    Some(merged) => merged,
+                    None => (t.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?,
+                }
             }
-            None => t,
+            None => t.to_dtype(dtype)?,
         };
-        let t = t.to_dtype(dtype)?;
         if let Some(handles) = &self.handles {
             if let Ok(mut h) = handles.lock() {
                 h.entry(name.to_string()).or_default().push(t.clone());

@@ -5,6 +5,7 @@
 mod backend;
 mod configs;
 mod header;
+mod merge;
 mod names;
 mod vae_file;
 
