@@ -10,6 +10,9 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
 use serde::Deserialize;
 
+#[cfg(target_os = "linux")]
+use super::host_alloc::read_vec;
+use super::host_alloc::{vec_from_bytes, PlainData};
 use crate::{PipelineError, Result};
 
 /// Headers larger than this are refused (real SDXL files have ~200 KB headers).
@@ -94,6 +97,9 @@ struct RawEntry {
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: PathBuf,
+    /// Kept open for `pread` loads (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    file: File,
     mmap: Mmap,
     tensors: HashMap<String, TensorEntry>,
 }
@@ -130,6 +136,7 @@ impl SafetensorsFile {
         let tensors = parse_header(&mmap, len).map_err(invalid)?;
         Ok(Self {
             path: path.to_path_buf(),
+            file,
             mmap,
             tensors,
         })
@@ -167,9 +174,48 @@ impl SafetensorsFile {
             .mmap
             .get(start..end)
             .ok_or_else(|| candle_core::Error::Msg("tensor range outside the file".into()))?;
-        let t = Tensor::from_raw_buffer(bytes, dtype, shape, device)?;
+        #[cfg(target_os = "linux")]
+        if device.is_cpu() {
+            if let Some(t) = self.read_cpu_tensor(start, end, dtype, shape)? {
+                return Ok(t);
+            }
+        }
+        let t = match device {
+            Device::Cpu => cpu_tensor(bytes, dtype, shape)?,
+            _ => Tensor::from_raw_buffer(bytes, dtype, shape, device)?,
+        };
         self.release(start, end);
         Ok(t)
+    }
+
+    /// A CPU tensor read with `pread` into a fresh huge-page-hinted buffer (no mapping touched);
+    /// `None` for dtypes other than f16, bf16, f32, f64.
+    #[cfg(target_os = "linux")]
+    fn read_cpu_tensor(
+        &self,
+        start: usize,
+        end: usize,
+        dtype: DType,
+        shape: &[usize],
+    ) -> candle_core::Result<Option<Tensor>> {
+        fn read<T: PlainData + candle_core::WithDType>(
+            file: &File,
+            start: usize,
+            end: usize,
+            shape: &[usize],
+        ) -> candle_core::Result<Option<Tensor>> {
+            match read_vec::<T>(file, start as u64, end - start)? {
+                Some(v) => Tensor::from_vec(v, shape, &Device::Cpu).map(Some),
+                None => Ok(None),
+            }
+        }
+        match dtype {
+            DType::F16 => read::<half::f16>(&self.file, start, end, shape),
+            DType::BF16 => read::<half::bf16>(&self.file, start, end, shape),
+            DType::F32 => read::<f32>(&self.file, start, end, shape),
+            DType::F64 => read::<f64>(&self.file, start, end, shape),
+            _ => Ok(None),
+        }
     }
 
     /// `MADV_DONTNEED` on the whole pages inside `[start, end)`.
@@ -186,6 +232,26 @@ impl SafetensorsFile {
                     .unchecked_advise_range(UncheckedAdvice::DontNeed, first, last - first)
             };
         }
+    }
+}
+
+/// A CPU tensor owning a copy of `bytes` in a huge-page-hinted buffer (see `host_alloc`).
+fn cpu_tensor(bytes: &[u8], dtype: DType, shape: &[usize]) -> candle_core::Result<Tensor> {
+    fn build<T: PlainData + candle_core::WithDType>(
+        bytes: &[u8],
+        shape: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        let v = vec_from_bytes::<T>(bytes).ok_or_else(|| {
+            candle_core::Error::Msg(format!("{} bytes are not whole elements", bytes.len()))
+        })?;
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+    match dtype {
+        DType::F16 => build::<half::f16>(bytes, shape),
+        DType::BF16 => build::<half::bf16>(bytes, shape),
+        DType::F32 => build::<f32>(bytes, shape),
+        DType::F64 => build::<f64>(bytes, shape),
+        _ => Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu),
     }
 }
 

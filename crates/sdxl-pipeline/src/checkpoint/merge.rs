@@ -7,6 +7,8 @@ use candle_core::{CpuStorage, DType, Device, Shape, Storage, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::host_alloc::with_capacity_huge;
+
 /// Elements per parallel work item (256 KiB of f32 delta).
 const CHUNK: usize = 64 * 1024;
 
@@ -77,22 +79,27 @@ fn merge_to<B: Copy + Sync>(
     })
 }
 
-/// `out[i] = to(from(base[i]) + delta[i])`, in parallel chunks.
-fn merge<B: Copy + Sync, O: Send + Copy + Default>(
+/// `out[i] = to(from(base[i]) + delta[i])`, in parallel chunks, into a huge-page-hinted buffer.
+fn merge<B: Copy + Sync, O: Send + Copy>(
     base: &[B],
     delta: &[f32],
     from: impl Fn(B) -> f32 + Sync,
     to: impl Fn(f32) -> O + Sync,
 ) -> Vec<O> {
-    let mut out = vec![O::default(); base.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(base.par_chunks(CHUNK))
-        .zip(delta.par_chunks(CHUNK))
+    let n = base.len().min(delta.len());
+    let mut out = with_capacity_huge::<O>(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .zip(base[..n].par_chunks(CHUNK))
+        .zip(delta[..n].par_chunks(CHUNK))
         .for_each(|((o, b), d)| {
             for ((o, &b), &d) in o.iter_mut().zip(b).zip(d) {
-                *o = to(from(b) + d);
+                o.write(to(from(b) + d));
             }
         });
+    // SAFETY: the chunks above cover `out`'s first `n` slots exactly once each (equal chunking of
+    // three length-`n` slices), and every slot is written.
+    unsafe { out.set_len(n) };
     out
 }
 

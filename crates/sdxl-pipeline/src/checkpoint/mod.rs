@@ -5,6 +5,7 @@
 mod backend;
 mod configs;
 mod header;
+mod host_alloc;
 mod merge;
 mod names;
 mod vae_file;
