@@ -8,14 +8,8 @@ use candle_core::{DType, Device, Tensor};
 use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource};
 use sdxl_pipeline::PipelineError;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-
-fn tiny_dir() -> PathBuf {
-    format!("{FIXTURES}/tiny-sdxl").into()
-}
-fn tiny_single() -> PathBuf {
-    format!("{FIXTURES}/tiny-sdxl-single-file.safetensors").into()
-}
+mod model_support;
+use model_support::{max_abs_diff, tiny_dir, tiny_single, FIXTURES};
 fn open_single(path: &Path) -> sdxl_pipeline::Result<Checkpoint> {
     Checkpoint::open(&ModelSource::SingleFile {
         path: path.to_path_buf(),
@@ -44,14 +38,7 @@ fn single_file_and_diffusers_dir_give_identical_tensors() {
                 let x = a.get(shape.as_slice(), name).unwrap();
                 let y = b.get(shape.as_slice(), name).unwrap();
                 assert_eq!(x.dtype(), dtype);
-                let d = (x.to_dtype(DType::F32).unwrap() - y.to_dtype(DType::F32).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = max_abs_diff(&x, &y);
                 assert_eq!(d, 0.0, "{c:?} {name} differs by {d}");
             }
         }

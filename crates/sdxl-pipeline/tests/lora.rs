@@ -9,15 +9,8 @@ use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource, Transform};
 use sdxl_pipeline::lora::{LoraSet, LoraSpec};
 use sdxl_pipeline::unet::SdxlUNet;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-
-fn ckpt() -> Checkpoint {
-    Checkpoint::open(&ModelSource::SingleFile {
-        path: format!("{FIXTURES}/tiny-sdxl-single-file.safetensors").into(),
-        config_dir: Some(format!("{FIXTURES}/tiny-sdxl").into()),
-    })
-    .unwrap()
-}
+mod model_support;
+use model_support::{rel_err, single_checkpoint as ckpt, FIXTURES};
 
 fn spec(file: &str, name: &str, scale: f64) -> LoraSpec {
     LoraSpec {
@@ -36,22 +29,6 @@ fn lora_b(scale: f64) -> LoraSpec {
 
 fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(format!("{FIXTURES}/expected/{name}"), &Device::Cpu).unwrap()
-}
-
-/// max |a − b| / max |b|
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    assert_eq!(a.dims(), b.dims());
-    let m = |t: Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    m((a - &b).unwrap()) / m(b)
 }
 
 /// For every expected single-file tensor, compares the merged parameter(s) it holds

@@ -4,20 +4,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource};
+use sdxl_pipeline::checkpoint::{Checkpoint, Component};
 use sdxl_pipeline::lora::{LoraSet, LoraSpec};
 use sdxl_pipeline::PipelineError;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+mod model_support;
+use model_support::{single_checkpoint, FIXTURES};
 const MODULE: &str = "lora_unet_middle_block_1_proj_in";
 const PARAM: &str = "mid_block.attentions.0.proj_in.weight";
 
 fn ckpt() -> Checkpoint {
-    Checkpoint::open(&ModelSource::SingleFile {
-        path: format!("{FIXTURES}/tiny-sdxl-single-file.safetensors").into(),
-        config_dir: Some(format!("{FIXTURES}/tiny-sdxl").into()),
-    })
-    .unwrap()
+    single_checkpoint()
 }
 
 fn proj_in_shape(ckpt: &Checkpoint) -> (usize, usize) {

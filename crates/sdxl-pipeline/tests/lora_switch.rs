@@ -4,18 +4,15 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource};
+use sdxl_pipeline::checkpoint::{Checkpoint, Component};
 use sdxl_pipeline::lora::{LiveWeights, LoraSet, LoraSpec, SwitchOutcome};
 use sdxl_pipeline::unet::SdxlUNet;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+mod model_support;
+use model_support::{single_checkpoint, FIXTURES};
 
 fn ckpt() -> Checkpoint {
-    Checkpoint::open(&ModelSource::SingleFile {
-        path: format!("{FIXTURES}/tiny-sdxl-single-file.safetensors").into(),
-        config_dir: Some(format!("{FIXTURES}/tiny-sdxl").into()),
-    })
-    .unwrap()
+    single_checkpoint()
 }
 
 fn set(ckpt: &Checkpoint, specs: &[(&str, f64)]) -> LoraSet {

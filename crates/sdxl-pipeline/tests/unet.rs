@@ -1,52 +1,21 @@
 //! UNet parity with diffusers 0.42.1 on the tiny SDXL (`tests/fixtures/expected/unet.safetensors`).
 
 use candle_core::{DType, Device, Tensor};
-use sdxl_pipeline::checkpoint::{Checkpoint, ModelSource};
 use sdxl_pipeline::unet::SdxlUNet;
+
+mod model_support;
+use model_support::{dir_checkpoint, load_floats, rel_err, FIXTURES};
 
 /// Relative tolerance (max abs error / max abs expected) in f32. The brief asks for 1e-4; we measure
 /// ≤ 2.1e-6 and use 1e-5 because 1e-4 would not catch the tanh-GELU mistake (4.9e-5 on `out`).
 const TOL: f32 = 1e-5;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-
 fn expected() -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(
-        format!("{FIXTURES}/expected/unet.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap()
+    load_floats("expected/unet.safetensors")
 }
 
 fn tiny_unet(dtype: DType) -> SdxlUNet {
-    let ckpt = Checkpoint::open(&ModelSource::DiffusersDir(
-        format!("{FIXTURES}/tiny-sdxl").into(),
-    ))
-    .unwrap();
-    ckpt.load_unet(dtype, &Device::Cpu).unwrap()
-}
-
-/// max |a − b| / max |b|
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    assert_eq!(a.dims(), b.dims());
-    let diff = (a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale
+    dir_checkpoint().load_unet(dtype, &Device::Cpu).unwrap()
 }
 
 #[test]

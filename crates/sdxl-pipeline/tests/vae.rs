@@ -4,54 +4,23 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource};
+use sdxl_pipeline::checkpoint::{Checkpoint, Component};
 use sdxl_pipeline::vae::{decode_checked, AutoencoderKl};
 use sdxl_pipeline::PipelineError;
+
+mod model_support;
+use model_support::{dir_checkpoint, load_floats, rel_err};
 
 /// Relative tolerance (max abs error / max abs expected) in f32; measured ≤ 2.3e-6 (brief: 1e-4).
 const TOL: f32 = 2e-5;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-
 /// The float tensors of the fixture (it also holds a BOOL flag candle cannot load).
 fn expected() -> HashMap<String, Tensor> {
-    let path = format!("{FIXTURES}/expected/vae.safetensors");
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path).unwrap() };
-    st.tensors()
-        .into_iter()
-        .filter(|(_, v)| v.dtype() != safetensors::Dtype::BOOL)
-        .map(|(k, _)| (k.clone(), st.load(&k, &Device::Cpu).unwrap()))
-        .collect()
+    load_floats("expected/vae.safetensors")
 }
 
 fn checkpoint() -> Checkpoint {
-    Checkpoint::open(&ModelSource::DiffusersDir(
-        format!("{FIXTURES}/tiny-sdxl").into(),
-    ))
-    .unwrap()
-}
-
-/// max |a − b| / max |b|
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    assert_eq!(a.dims(), b.dims());
-    let diff = (a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale
+    dir_checkpoint()
 }
 
 #[test]

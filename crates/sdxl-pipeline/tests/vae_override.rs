@@ -11,25 +11,13 @@ use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource, VaeOverride}
 use sdxl_pipeline::pipeline::{LoadOptions, SdxlModel};
 use sdxl_pipeline::PipelineError;
 
+mod model_support;
+use model_support::{
+    dir_source, fixture, load_floats, max_abs_diff, rel_err, single_source, tiny_dir, tiny_single,
+};
+
 /// Relative tolerance of the f32 decode against diffusers (as tests/vae.rs).
 const TOL: f32 = 2e-5;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-
-fn tiny_dir() -> PathBuf {
-    format!("{FIXTURES}/tiny-sdxl").into()
-}
-
-fn dir_source() -> ModelSource {
-    ModelSource::DiffusersDir(tiny_dir())
-}
-
-fn single_source() -> ModelSource {
-    ModelSource::SingleFile {
-        path: format!("{FIXTURES}/tiny-sdxl-single-file.safetensors").into(),
-        config_dir: Some(tiny_dir()),
-    }
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sdxl-vae-override-{}-{name}", std::process::id()));
@@ -53,11 +41,7 @@ fn diffusers_vae() -> HashMap<String, Tensor> {
 
 /// The original-layout VAE of the tiny single file, keys without `first_stage_model.`.
 fn original_vae() -> HashMap<String, Tensor> {
-    let all = candle_core::safetensors::load(
-        format!("{FIXTURES}/tiny-sdxl-single-file.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let all = candle_core::safetensors::load(tiny_single(), &Device::Cpu).unwrap();
     all.into_iter()
         .filter_map(|(k, v)| {
             k.strip_prefix("first_stage_model.")
@@ -88,17 +72,6 @@ fn vae_params(ckpt: &Checkpoint) -> HashMap<String, Tensor> {
             (n, t)
         })
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -157,28 +130,14 @@ fn original_layout_override_decodes_like_diffusers() {
         .map(|(k, v)| (format!("first_stage_model.{k}"), v))
         .collect();
     let prefixed = save(&prefixed, &d.join("sdxl_vae_prefixed.safetensors"));
-    let st = unsafe {
-        candle_core::safetensors::MmapedSafetensors::new(format!(
-            "{FIXTURES}/expected/vae.safetensors"
-        ))
-        .unwrap()
-    };
-    let latents = st.load("input.latents", &Device::Cpu).unwrap();
-    let want = st.load("decode_fp32", &Device::Cpu).unwrap();
+    let expected = load_floats("expected/vae.safetensors");
+    let (latents, want) = (&expected["input.latents"], &expected["decode_fp32"]);
     for path in [plain, prefixed] {
         // On the diffusers dir, whose own VAE uses the diffusers layout.
         let ckpt = open(&dir_source(), &path, false).unwrap();
         let vae = ckpt.load_vae(DType::F32, &Device::Cpu).unwrap();
-        let z = (&latents / ckpt.configs().vae.scaling_factor).unwrap();
-        let got = vae.decode(&z).unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let rel = max_abs_diff(&got, &want) / scale;
+        let z = (latents / ckpt.configs().vae.scaling_factor).unwrap();
+        let rel = rel_err(&vae.decode(&z).unwrap(), want);
         assert!(rel < TOL, "{}: decode rel err {rel}", path.display());
     }
 }
@@ -222,7 +181,7 @@ fn fp16_safe_override_keeps_f16_models_decoding_in_f16() {
 fn unusable_override_files_are_model_errors_naming_the_file() {
     let d = scratch("bad");
     // Not a VAE: a LoRA file.
-    let lora = PathBuf::from(format!("{FIXTURES}/tiny-lora-kohya.safetensors"));
+    let lora = fixture("tiny-lora-kohya.safetensors");
     match open(&dir_source(), &lora, true).unwrap_err() {
         PipelineError::ModelInvalid { path, reason } => {
             assert_eq!(path, lora);

@@ -8,8 +8,13 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 
-fn tiny_models_toml(cache: &Path) -> ModelsConfig {
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// A models.toml serving the tiny fixture checkpoint from `cache`, followed by `extra` TOML.
+fn tiny_models_toml(cache: &Path, extra: &str) -> ModelsConfig {
+    let fx = fixtures();
     let text = format!(
         r#"
 cache_dir = "{cache}"
@@ -18,6 +23,7 @@ cache_dir = "{cache}"
 name = "Tiny SDXL"
 path = "{file}"
 config = "{config}"
+{extra}
 "#,
         cache = cache.display(),
         file = fx.join("tiny-sdxl-single-file.safetensors").display(),
@@ -29,7 +35,7 @@ config = "{config}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsync_returns_png_with_infotext() {
     let cache = tempfile::tempdir().unwrap();
-    let config = tiny_models_toml(cache.path());
+    let config = tiny_models_toml(cache.path(), "");
     let handler = tokio::task::spawn_blocking(move || {
         let h = ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32)
             .expect("handler");
@@ -93,27 +99,12 @@ async fn runsync_returns_png_with_infotext() {
 fn lora_sets_switch_between_jobs() {
     use sdxl_worker::handler::{execute, CancelFlag};
     let cache = tempfile::tempdir().unwrap();
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
-    let text = format!(
-        r#"
-cache_dir = "{cache}"
-
-[[checkpoints]]
-name = "Tiny SDXL"
-path = "{file}"
-config = "{config}"
-
-[[loras]]
-name = "Tiny LoRA A"
-path = "{lora}"
-scale = 1.5
-"#,
-        cache = cache.path().display(),
-        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
-        config = fx.join("tiny-sdxl").display(),
-        lora = fx.join("tiny-lora-kohya.safetensors").display(),
+    let lora = fixtures().join("tiny-lora-kohya.safetensors");
+    let extra = format!(
+        "[[loras]]\nname = \"Tiny LoRA A\"\npath = \"{}\"\nscale = 1.5\n",
+        lora.display()
     );
-    let config = ModelsConfig::from_toml_str(&text, &cache.path().join("models.toml")).unwrap();
+    let config = tiny_models_toml(cache.path(), &extra);
     let handler =
         ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
     handler
@@ -154,7 +145,7 @@ scale = 1.5
 fn vae_override_from_models_toml_is_used_by_jobs() {
     use sdxl_worker::handler::{execute, CancelFlag};
     let cache = tempfile::tempdir().unwrap();
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let fx = fixtures();
     let mut vae = candle_core::safetensors::load(
         fx.join("tiny-sdxl/vae/diffusion_pytorch_model.safetensors"),
         &candle_core::Device::Cpu,
@@ -166,24 +157,8 @@ fn vae_override_from_models_toml_is_used_by_jobs() {
     }
     let vae_path = cache.path().join("grey-vae.safetensors");
     candle_core::safetensors::save(&vae, &vae_path).unwrap();
-    let text = format!(
-        r#"
-cache_dir = "{cache}"
-
-[[checkpoints]]
-name = "Tiny SDXL"
-path = "{file}"
-config = "{config}"
-
-[vae]
-path = "{vae}"
-"#,
-        cache = cache.path().display(),
-        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
-        config = fx.join("tiny-sdxl").display(),
-        vae = vae_path.display(),
-    );
-    let config = ModelsConfig::from_toml_str(&text, &cache.path().join("models.toml")).unwrap();
+    let extra = format!("[vae]\npath = \"{}\"\n", vae_path.display());
+    let config = tiny_models_toml(cache.path(), &extra);
     let handler =
         ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
     let input = json!({"prompt": "a red apple", "steps": 2, "width": 64, "height": 64, "seed": 5});
