@@ -34,32 +34,60 @@ pub fn vec_from_bytes<T: PlainData>(bytes: &[u8]) -> Option<Vec<T>> {
 
 /// Reads the `len` bytes at `offset` of `file` into a new vector of `T` whose pages are hinted
 /// huge: `pread` straight into the buffer, so the source side takes no page faults through a
-/// mapping either. `Ok(None)` when `len` is not a whole number of elements.
+/// mapping either. Large tensors are read in parallel slices, so the kernel's zeroing of the
+/// fresh pages (most of a load's time) runs on every core. `Ok(None)` when `len` is not a whole
+/// number of elements.
 #[cfg(target_os = "linux")]
 pub fn read_vec<T: PlainData>(
     file: &std::fs::File,
     offset: u64,
     len: usize,
 ) -> std::io::Result<Option<Vec<T>>> {
-    use std::io::{Error, ErrorKind};
-    use std::os::fd::AsRawFd;
+    use rayon::prelude::*;
+    /// Bytes per parallel read (a multiple of the 2 MiB huge page).
+    const SLICE: usize = 8 << 20;
     let size = std::mem::size_of::<T>();
     if size == 0 || len % size != 0 || cfg!(target_endian = "big") {
         return Ok(None);
     }
     let n = len / size;
     let mut v = with_capacity_huge::<T>(n);
-    let buf = v.as_mut_ptr().cast::<u8>();
+    // The address travels to the reader threads as an integer; each writes a disjoint range.
+    let buf = v.as_mut_ptr() as usize;
+    (0..len.div_ceil(SLICE)).into_par_iter().try_for_each(|i| {
+        let from = i * SLICE;
+        let to = (from + SLICE).min(len);
+        // SAFETY: `[from, to)` lies inside the vector's capacity of `len` bytes, and the
+        // slices of different `i` are disjoint.
+        unsafe { pread_exact(file, (buf + from) as *mut u8, to - from, offset, from) }
+    })?;
+    // SAFETY: the slices cover all `len` bytes, and every bit pattern is a valid `T: PlainData`.
+    unsafe { v.set_len(n) };
+    Ok(Some(v))
+}
+
+/// Reads exactly `len` bytes at file offset `offset + from` to `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` bytes and not accessed by anyone else meanwhile.
+#[cfg(target_os = "linux")]
+unsafe fn pread_exact(
+    file: &std::fs::File,
+    dst: *mut u8,
+    len: usize,
+    offset: u64,
+    from: usize,
+) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    use std::os::fd::AsRawFd;
     let mut done = 0usize;
     while done < len {
-        let chunk = (len - done).min(1 << 30);
         let at = offset
-            .checked_add(done as u64)
+            .checked_add((from + done) as u64)
             .and_then(|o| libc::off_t::try_from(o).ok())
             .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "file offset out of range"))?;
-        // SAFETY: writes at most `chunk` bytes at byte `done` of the vector's capacity, which holds
-        // `len` bytes, and `done + chunk <= len`.
-        let r = unsafe { libc::pread(file.as_raw_fd(), buf.add(done).cast(), chunk, at) };
+        // SAFETY: writes at most `len - done` bytes at `dst + done`, inside the caller's range.
+        let r = unsafe { libc::pread(file.as_raw_fd(), dst.add(done).cast(), len - done, at) };
         match r {
             r if r > 0 => done += r as usize,
             0 => {
@@ -76,9 +104,7 @@ pub fn read_vec<T: PlainData>(
             }
         }
     }
-    // SAFETY: the loop wrote all `len` bytes, and every bit pattern is a valid `T: PlainData`.
-    unsafe { v.set_len(n) };
-    Ok(Some(v))
+    Ok(())
 }
 
 /// A vector of `n` elements whose capacity is hinted huge, to be filled by the caller.
