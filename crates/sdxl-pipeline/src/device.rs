@@ -31,14 +31,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| {
         PipelineError::InvalidInput(format!(
             "device `{spec}`: no usable CUDA GPU ({}); use --device cpu / SDXL_DEVICE=cpu to run on the CPU",
-            first_line(&e.to_string())
+            crate::error::candle_message(&e)
         ))
     })
-}
-
-/// The first line of a backend error (candle appends a backtrace when RUST_BACKTRACE is set).
-fn first_line(msg: &str) -> &str {
-    msg.lines().next().unwrap_or("").trim()
 }
 
 /// Parses `f32`, `f16`/`fp16`/`half` or `bf16` into a candle dtype.
@@ -72,14 +67,5 @@ mod tests {
     fn cuda_without_feature_is_a_clear_error() {
         let e = parse_device("cuda").unwrap_err().to_string();
         assert!(e.contains("no CUDA support"), "{e}");
-    }
-
-    #[test]
-    fn backend_errors_lose_their_backtrace() {
-        assert_eq!(
-            first_line("DriverError(CUDA_ERROR_NO_DEVICE)\n   0: candle_core::bt\n"),
-            "DriverError(CUDA_ERROR_NO_DEVICE)"
-        );
-        assert_eq!(first_line(""), "");
     }
 }

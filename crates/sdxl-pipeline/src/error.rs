@@ -62,9 +62,9 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
-    /// A tensor operation failed.
-    #[error("tensor operation: {0}")]
-    Candle(#[from] candle_core::Error),
+    /// A tensor operation failed (the message carries candle's, without its backtrace).
+    #[error("tensor operation: {}", candle_message(.0))]
+    Candle(candle_core::Error),
     /// A weight reached through a `VarBuilder` (whose file is not known here) is missing or
     /// mis-shaped; `tensor` is its full name.
     #[error("tensor `{tensor}`: {reason}")]
@@ -82,9 +82,27 @@ impl PipelineError {
             | Self::Config { .. } => ErrorKind::ModelInvalid,
             Self::OutOfMemory(_) => ErrorKind::OutOfMemory,
             Self::Cancelled => ErrorKind::Cancelled,
-            Self::Candle(e) if is_oom_message(&e.to_string()) => ErrorKind::OutOfMemory,
+            Self::Candle(e) if is_oom_message(&candle_message(e)) => ErrorKind::OutOfMemory,
             _ => ErrorKind::Internal,
         }
+    }
+}
+
+impl From<candle_core::Error> for PipelineError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Candle(e)
+    }
+}
+
+/// The message of a candle error without the backtraces candle attaches when `RUST_BACKTRACE`
+/// is set (they must not reach job error messages).
+pub fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => other.to_string(),
     }
 }
 
@@ -94,4 +112,29 @@ pub fn is_oom_message(msg: &str) -> bool {
     m.contains("out of memory")
         || m.contains("out_of_memory")
         || m.contains("cuda_error_out_of_memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_backtraces_stay_out_of_messages() {
+        let inner = candle_core::Error::Msg("unsupported dtype BF16 for op matmul".into());
+        let with_bt = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let nested = with_bt.context("conv2d");
+        let msg = PipelineError::from(nested).to_string();
+        assert_eq!(
+            msg,
+            "tensor operation: conv2d: unsupported dtype BF16 for op matmul"
+        );
+        let oom = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(PipelineError::from(oom).kind(), ErrorKind::OutOfMemory);
+    }
 }

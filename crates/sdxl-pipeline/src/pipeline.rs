@@ -165,6 +165,13 @@ impl SdxlModel {
         loras: &LoraSet,
     ) -> Result<Self> {
         let (dtype, device) = (options.dtype, &options.device);
+        if dtype == DType::BF16 && device.is_cpu() {
+            return Err(PipelineError::InvalidInput(
+                "bf16 weights need a CUDA device (candle's CPU backend has no bf16 matmul); \
+                 use f32 or f16 on the CPU"
+                    .into(),
+            ));
+        }
         let cfg = checkpoint.configs().clone();
         let ckpt = checkpoint.as_ref();
         let (te1, live_te1) =

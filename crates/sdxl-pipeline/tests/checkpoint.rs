@@ -478,3 +478,18 @@ fn missing_tensor_in_a_diffusers_dir_names_the_component_file() {
         "{err}"
     );
 }
+
+#[test]
+fn bf16_on_the_cpu_is_refused_before_loading() {
+    use sdxl_pipeline::pipeline::{LoadOptions, SdxlModel};
+    let options = LoadOptions {
+        dtype: DType::BF16,
+        ..LoadOptions::default()
+    };
+    let ckpt = std::sync::Arc::new(open_single(&tiny_single()).unwrap());
+    match SdxlModel::load(ckpt, options) {
+        Err(PipelineError::InvalidInput(m)) => assert!(m.contains("bf16"), "{m}"),
+        Err(e) => panic!("expected InvalidInput, got {e}"),
+        Ok(_) => panic!("bf16 on the CPU must be refused"),
+    }
+}
