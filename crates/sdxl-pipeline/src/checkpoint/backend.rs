@@ -17,12 +17,43 @@ pub trait DeltaSource: Send + Sync {
     /// The delta for diffusers parameter `name` (shape of the parameter), or `None`; computed
     /// on `device` where possible (the backend moves it there anyway).
     fn delta(&self, name: &str, device: &Device) -> candle_core::Result<Option<Tensor>>;
+
+    /// True when `name` has a delta.
+    fn has_delta(&self, name: &str) -> bool;
+
+    /// Rows `[from, to)` of the delta of `name` on the CPU, as f32 `[to − from, cols]` (the
+    /// parameter flattened after its first dimension), formed without the rest of the delta
+    /// where possible: the CPU merge works block by block so the full-size f32 delta never
+    /// exists. `None` when `name` has no delta.
+    fn delta_rows(&self, name: &str, from: usize, to: usize)
+        -> candle_core::Result<Option<Tensor>>;
 }
 
 impl DeltaSource for HashMap<String, Tensor> {
     fn delta(&self, name: &str, _device: &Device) -> candle_core::Result<Option<Tensor>> {
         Ok(self.get(name).cloned())
     }
+
+    fn has_delta(&self, name: &str) -> bool {
+        self.contains_key(name)
+    }
+
+    fn delta_rows(
+        &self,
+        name: &str,
+        from: usize,
+        to: usize,
+    ) -> candle_core::Result<Option<Tensor>> {
+        self.get(name).map(|d| rows_of(d, from, to)).transpose()
+    }
+}
+
+/// Rows `[from, to)` of `t` flattened to `[rows, cols]`, as f32.
+pub(crate) fn rows_of(t: &Tensor, from: usize, to: usize) -> candle_core::Result<Tensor> {
+    let rows = t.dim(0)?;
+    t.reshape((rows, t.elem_count() / rows.max(1)))?
+        .narrow(0, from, to.saturating_sub(from))?
+        .to_dtype(DType::F32)
 }
 
 /// Tensors handed to a model, by diffusers name (clones sharing storage).
@@ -113,7 +144,14 @@ impl ComponentBackend {
                 .t()?
                 .contiguous()?,
         };
-        let delta = match &self.deltas {
+        let deltas = self.deltas.as_ref().filter(|d| d.has_delta(name));
+        if let (Some(d), true) = (deltas, dev.is_cpu()) {
+            let rows = |from, to| d.delta_rows(name, from, to);
+            if let Some(merged) = merge::fused_add_cast_blocked(&t, dtype, &rows)? {
+                return Ok(self.record(name, merged));
+            }
+        }
+        let delta = match deltas {
             Some(d) => d.delta(name, dev)?,
             None => None,
         };
@@ -127,12 +165,17 @@ impl ComponentBackend {
             }
             None => t.to_dtype(dtype)?,
         };
+        Ok(self.record(name, t))
+    }
+
+    /// Keeps a handle of `t` when recording (LoRA switching rewrites through it); returns `t`.
+    fn record(&self, name: &str, t: Tensor) -> Tensor {
         if let Some(handles) = &self.handles {
             if let Ok(mut h) = handles.lock() {
                 h.entry(name.to_string()).or_default().push(t.clone());
             }
         }
-        Ok(t)
+        t
     }
 }
 

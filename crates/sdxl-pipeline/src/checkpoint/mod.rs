@@ -24,6 +24,7 @@ pub use names::{Transform, TE1_PREFIX, TE2_PREFIX, UNET_PREFIX, VAE_PREFIX};
 use crate::unet::SdxlUNet;
 use crate::vae::AutoencoderKl;
 use crate::{PipelineError, Result};
+pub(crate) use backend::rows_of as backend_rows_of;
 use backend::ComponentBackend;
 pub use backend::{DeltaSource, WeightHandles};
 use names::NameMap;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::checkpoint::backend_rows_of as rows_of;
 use crate::checkpoint::DeltaSource;
 
 /// One LoRA's contribution to one parameter.
@@ -97,5 +98,35 @@ impl ComponentDeltas {
 impl DeltaSource for ComponentDeltas {
     fn delta(&self, name: &str, device: &Device) -> candle_core::Result<Option<Tensor>> {
         self.get_on(name, device)
+    }
+
+    fn has_delta(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+
+    fn delta_rows(
+        &self,
+        name: &str,
+        from: usize,
+        to: usize,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let Some((_, terms)) = self.params.get(name) else {
+            return Ok(None);
+        };
+        let mut sum: Option<Tensor> = None;
+        for term in terms {
+            let d = match term {
+                Term::Full(t) => rows_of(&t.to_device(&Device::Cpu)?, from, to)?,
+                Term::LowRank { up, down, scale } => {
+                    let up = (up.narrow(0, from, to - from)?.to_dtype(DType::F32)? * *scale)?;
+                    up.matmul(&down.to_dtype(DType::F32)?)?
+                }
+            };
+            sum = Some(match sum {
+                Some(s) => (s + d)?,
+                None => d,
+            });
+        }
+        Ok(sum)
     }
 }
