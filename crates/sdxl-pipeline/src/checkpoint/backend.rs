@@ -158,10 +158,7 @@ impl ComponentBackend {
         let t = match delta {
             Some(delta) => {
                 let delta = delta.to_dtype(DType::F32)?.to_device(dev)?;
-                match merge::fused_add_cast(&t, &delta, dtype)? {
-                    Some(merged) => merged,
-                    None => (t.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?,
-                }
+                (t.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?
             }
             None => t.to_dtype(dtype)?,
         };
