@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use sdxl_pipeline::noise::TorchGenerator;
 use sdxl_pipeline::sampling::ddim::Ddim;
 use sdxl_pipeline::sampling::dpm2::Dpm2;
@@ -33,22 +33,8 @@ fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(format!("{DIR}{name}"), &Device::Cpu).unwrap()
 }
 
-fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64s(a)
-        .iter()
-        .zip(f64s(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
+mod sampling_support;
+use sampling_support::{f64s, max_abs_diff};
 
 fn no_op(_: usize, _: usize) -> Result<()> {
     Ok(())

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use sdxl_pipeline::sampling::unipc::{time_uniform_sigmas, UniPc};
 use sdxl_pipeline::sampling::{
     resolve_sampler, sampler_names, sigmas_for, Denoiser, InitNoise, ModelSchedule, NoNoise,
@@ -24,22 +24,8 @@ fn load() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(FIXTURE, &Device::Cpu).unwrap()
 }
 
-fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64s(a)
-        .iter()
-        .zip(f64s(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
+mod sampling_support;
+use sampling_support::{f64s, max_abs_diff};
 
 fn split(t: &Tensor) -> Vec<Tensor> {
     (0..t.dim(0).unwrap()).map(|i| t.get(i).unwrap()).collect()
