@@ -3,8 +3,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use sdxl_pipeline::output::{encode_image, to_base64, ImageFormat, RgbImage};
-use sdxl_worker::handler::{self, JobHandler, JobOutput, StubHandler, Timings};
-use sdxl_worker::job;
+use sdxl_worker::handler::{JobHandler, StubHandler};
+use sdxl_worker::job::{self, ValidatedJob};
+use sdxl_worker::protocol::{self, JobOutput, Timings};
+use sdxl_worker::runtime::{self, Rendered, RenderedImage, SamplerLabels};
 
 const JOB: &str = r#"{"id": "bench-1", "input": {"prompt": "a photo of an astronaut riding a horse on mars, highly detailed, sharp focus, cinematic lighting", "negative_prompt": "blurry, low quality, deformed, watermark, text", "steps": 25, "cfg_scale": 7, "sampler_name": "DPM++ 2M Karras", "width": 1024, "height": 1024, "seed": 42, "restore_faces": false, "n_iter": 1}}"#;
 
@@ -29,17 +31,26 @@ fn png_1024() -> Vec<u8> {
     encode_image(&img, ImageFormat::Png, Some("a prompt\nSteps: 25")).unwrap()
 }
 
+/// The output the runtime builds for one rendered image (infotext, base64, parameters).
+fn output_of(validated: &ValidatedJob, png: &[u8]) -> JobOutput {
+    let labels = SamplerLabels::of(validated).unwrap();
+    Rendered {
+        images: vec![RenderedImage {
+            bytes: png.to_vec(),
+            infotext: runtime::infotext(validated, &labels, 0),
+            seed: validated.request.seed,
+        }],
+        warnings: Vec::new(),
+        timings: Timings::default(),
+    }
+    .into_job_output(validated)
+}
+
 fn per_job(png: &[u8], stub: &StubHandler) -> usize {
     let v: serde_json::Value = serde_json::from_str(JOB).unwrap();
     let validated = job::validate(&v["input"], stub.catalog()).unwrap();
-    let out = JobOutput {
-        images: vec![to_base64(png)],
-        parameters: validated.parameters(),
-        info: validated.infotext(0),
-        warnings: validated.warnings.clone(),
-        timings: Timings::default(),
-    };
-    let body = handler::result_body_text(&Ok(out), false);
+    let out = output_of(&validated, png);
+    let body = protocol::result_body_text(&Ok(out), false);
     body.len()
 }
 
@@ -59,15 +70,9 @@ fn bench(c: &mut Criterion) {
     });
     let v2: serde_json::Value = serde_json::from_str(JOB).unwrap();
     let validated = job::validate(&v2["input"], stub.catalog()).unwrap();
-    let out = Ok(JobOutput {
-        images: vec![to_base64(&png)],
-        parameters: validated.parameters(),
-        info: validated.infotext(0),
-        warnings: Vec::new(),
-        timings: Timings::default(),
-    });
+    let out = Ok(output_of(&validated, &png));
     c.bench_function("worker/serialize_result_body_1024_png", |b| {
-        b.iter(|| handler::result_body_text(black_box(&out), false).len())
+        b.iter(|| protocol::result_body_text(black_box(&out), false).len())
     });
     c.bench_function("worker/per_job_overhead_1024_png", |b| {
         b.iter(|| per_job(black_box(&png), &stub))

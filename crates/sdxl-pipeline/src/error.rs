@@ -40,6 +40,13 @@ pub enum PipelineError {
     /// A model configuration (config.json) is missing or malformed.
     #[error("model config {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
+    /// A model's architecture description (config.json or the built-in SDXL config) describes
+    /// something this crate cannot build.
+    #[error("model config: {0}")]
+    InvalidConfig(String),
+    /// A broken invariant inside the pipeline (a bug, never the client's fault).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -79,7 +86,8 @@ impl PipelineError {
             Self::ModelInvalid { .. }
             | Self::TensorInvalid { .. }
             | Self::WeightInvalid { .. }
-            | Self::Config { .. } => ErrorKind::ModelInvalid,
+            | Self::Config { .. }
+            | Self::InvalidConfig(_) => ErrorKind::ModelInvalid,
             Self::OutOfMemory(_) => ErrorKind::OutOfMemory,
             Self::Cancelled => ErrorKind::Cancelled,
             Self::Candle(e) if is_oom_message(&candle_message(e)) => ErrorKind::OutOfMemory,

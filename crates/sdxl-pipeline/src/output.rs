@@ -174,10 +174,7 @@ pub struct Infotext {
     pub width: u32,
     pub height: u32,
     pub model: Option<String>,
-    pub model_hash: Option<String>,
     pub clip_skip: Option<u32>,
-    /// `(name, short hash)` pairs for the `Lora hashes` field.
-    pub lora_hashes: Vec<(String, String)>,
     /// Further `key: value` pairs, appended before `Version`.
     pub extra: Vec<(String, String)>,
 }
@@ -201,23 +198,11 @@ impl Infotext {
         fields.push(("CFG scale".into(), format_number(self.cfg_scale)));
         fields.push(("Seed".into(), self.seed.to_string()));
         fields.push(("Size".into(), format!("{}x{}", self.width, self.height)));
-        if let Some(h) = &self.model_hash {
-            fields.push(("Model hash".into(), h.clone()));
-        }
         if let Some(m) = &self.model {
             fields.push(("Model".into(), m.clone()));
         }
         if let Some(c) = self.clip_skip {
             fields.push(("Clip skip".into(), c.to_string()));
-        }
-        if !self.lora_hashes.is_empty() {
-            let joined = self
-                .lora_hashes
-                .iter()
-                .map(|(n, h)| format!("{n}: {h}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            fields.push(("Lora hashes".into(), joined));
         }
         fields.extend(self.extra.iter().cloned());
         fields.push((
@@ -307,14 +292,14 @@ mod tests {
             width: 1024,
             height: 1024,
             model: Some("Jib Mix".into()),
-            lora_hashes: vec![("Detail Tweaker XL".into(), "abc123".into())],
+            extra: vec![("Loras".into(), "Detail Tweaker XL:1.5".into())],
             ..Default::default()
         };
         let s = t.render();
         let version = env!("CARGO_PKG_VERSION");
         assert_eq!(
             s,
-            format!("a cat\nNegative prompt: blurry\nSteps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 1024x1024, Model: Jib Mix, Lora hashes: \"Detail Tweaker XL: abc123\", Version: sdxl-worker {version}")
+            format!("a cat\nNegative prompt: blurry\nSteps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 1024x1024, Model: Jib Mix, Loras: \"Detail Tweaker XL:1.5\", Version: sdxl-worker {version}")
         );
         assert_eq!(format_number(6.5), "6.5");
         assert_eq!(format_number(0.125), "0.125");

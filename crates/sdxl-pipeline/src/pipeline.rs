@@ -30,8 +30,9 @@ pub const DEFAULT_SAMPLER: &str = "DPM++ 2M Karras";
 pub const DEFAULT_CLIP_SKIP: u32 = 2;
 
 /// One text-to-image request, already validated by the caller for types; the pipeline checks
-/// the value ranges it depends on and answers with `InvalidInput` otherwise.
-#[derive(Debug, Clone, PartialEq)]
+/// the value ranges it depends on and answers with `InvalidInput` otherwise. Serializes to the
+/// job schema's field names (the worker's `parameters` output).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Txt2ImgRequest {
     /// The positive prompt; may exceed 77 tokens.
     pub prompt: String,

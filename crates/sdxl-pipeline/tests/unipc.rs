@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use sdxl_pipeline::sampling::unipc::{time_uniform_sigmas, UniPc};
+use sdxl_pipeline::sampling::schedule::time_uniform_sigmas;
+use sdxl_pipeline::sampling::unipc::UniPc;
 use sdxl_pipeline::sampling::{
     resolve_sampler, sampler_names, sigmas_for, Denoiser, InitNoise, ModelSchedule, NoNoise,
     Sampler, ScheduleKind,

@@ -1,6 +1,7 @@
 //! Command-line interface (SPEC §2). Parsing only; each subcommand's work lives in its module.
 
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 use std::path::PathBuf;
 
 /// SDXL image generation worker: RunPod serverless endpoint, local HTTP API and render CLI.
@@ -51,45 +52,13 @@ pub struct ApiArgs {
     pub port: u16,
 }
 
-/// Flags of `render`; every job field of SPEC §3 has a flag with the same meaning and default.
+/// Flags of `render`: the job fields ([`JobFlags`]) plus where the model comes from and where
+/// the images go.
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// The prompt (may exceed 77 tokens).
-    #[arg(long)]
-    pub prompt: Option<String>,
-    /// The negative prompt (absent or empty ⇒ zero embedding).
-    #[arg(long)]
-    pub negative_prompt: Option<String>,
-    /// Denoising steps.
-    #[arg(long)]
-    pub steps: Option<u32>,
-    /// Classifier-free guidance scale.
-    #[arg(long)]
-    pub cfg_scale: Option<f64>,
-    /// A1111 sampler name, e.g. "DPM++ 2M Karras", "Euler a".
-    #[arg(long)]
-    pub sampler: Option<String>,
-    /// Schedule type: karras, exponential, normal, sgm_uniform, automatic.
-    #[arg(long)]
-    pub scheduler: Option<String>,
-    /// Seed (-1 ⇒ random).
-    #[arg(long, allow_hyphen_values = true)]
-    pub seed: Option<i64>,
-    /// Image width in pixels.
-    #[arg(long)]
-    pub width: Option<u32>,
-    /// Image height in pixels.
-    #[arg(long)]
-    pub height: Option<u32>,
-    /// Number of images (image i uses seed + i).
-    #[arg(long)]
-    pub batch_size: Option<u32>,
-    /// CLIP skip (1 and 2 = SDXL default).
-    #[arg(long)]
-    pub clip_skip: Option<u32>,
-    /// Long-prompt mode: blend or concat.
-    #[arg(long)]
-    pub prompt_mode: Option<String>,
+    /// The job fields.
+    #[command(flatten)]
+    pub job: JobFlags,
     /// LoRA as NAME_OR_PATH[:SCALE]; repeatable.
     #[arg(long = "lora")]
     pub loras: Vec<String>,
@@ -118,10 +87,66 @@ pub struct RenderArgs {
     /// Render a job JSON file (the `input` object of a RunPod job, or the whole job).
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// The job fields of SPEC §3 as `render` flags: each serializes under its job-schema name, so a
+/// given flag becomes that field of the job (over `--json`) and is validated like a RunPod job.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct JobFlags {
+    /// The prompt (may exceed 77 tokens).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The negative prompt (absent or empty ⇒ zero embedding).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    /// Denoising steps.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    /// Classifier-free guidance scale.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cfg_scale: Option<f64>,
+    /// A1111 sampler name, e.g. "DPM++ 2M Karras", "Euler a".
+    #[arg(long)]
+    #[serde(rename = "sampler_name", skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<String>,
+    /// Schedule type: karras, exponential, normal, sgm_uniform, automatic.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    /// Seed (-1 ⇒ random).
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// Image width in pixels.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Image height in pixels.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Number of images (image i uses seed + i).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// CLIP skip (1 and 2 = SDXL default).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<u32>,
+    /// Long-prompt mode: blend or concat.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_mode: Option<String>,
     /// Output format: png, jpeg or webp.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_format: Option<String>,
     /// JPEG quality 1..=100.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<u8>,
 }

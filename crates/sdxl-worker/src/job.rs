@@ -1,12 +1,12 @@
 //! The job schema of SPEC §3: hand-written validation of the `input` object that reports every
 //! problem at once and coerces nothing, producing a [`ValidatedJob`] for the handler.
 
-use crate::handler::{Catalog, ErrorCode, JobError, LoraSpec};
-use sdxl_pipeline::output::{format_number, ImageFormat, Infotext};
+use crate::catalog::{Catalog, LoraSpec};
+use crate::error::WorkerError;
+use sdxl_pipeline::output::{format_number, ImageFormat};
 use sdxl_pipeline::pipeline::Txt2ImgRequest;
 use sdxl_pipeline::prompt::PromptMode;
 use serde_json::{json, Map, Value};
-use std::hash::{BuildHasher, Hasher};
 
 /// Largest allowed seed (2^53 − 1, exact in a JSON double).
 pub const MAX_SEED: i64 = (1 << 53) - 1;
@@ -39,6 +39,14 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "prompt_mode",
     "output_format",
     "quality",
+    "override_settings",
+];
+
+/// A1111 `override_settings` keys the worker honours, and the job field each one stands for
+/// (an alias: giving both with different values is a problem). Other keys are warned about.
+pub const HONOURED_OVERRIDES: &[(&str, &str)] = &[
+    ("sd_model_checkpoint", "checkpoint"),
+    ("CLIP_stop_at_last_layers", "clip_skip"),
 ];
 
 /// A job that passed validation: what the pipeline needs plus the worker-level choices.
@@ -66,102 +74,51 @@ impl ValidatedJob {
             .collect()
     }
 
-    /// Every effective parameter (SPEC §4 `parameters`), seeds as a list.
+    /// Every effective parameter (SPEC §4 `parameters`): the pipeline request's fields under
+    /// their job names, the seeds as a list, and the worker-level choices.
     pub fn parameters(&self) -> Value {
-        let r = &self.request;
         let (format, quality) = match self.output_format {
             ImageFormat::Png => ("png", None),
             ImageFormat::Jpeg { quality } => ("jpeg", Some(quality)),
             ImageFormat::WebP => ("webp", None),
         };
-        json!({
-            "prompt": r.prompt,
-            "negative_prompt": r.negative_prompt,
-            "steps": r.steps,
-            "cfg_scale": r.cfg_scale,
-            "width": r.width,
-            "height": r.height,
-            "sampler_name": r.sampler_name,
-            "scheduler": r.scheduler,
-            "seed": r.seed,
-            "seeds": self.seeds(),
-            "batch_size": r.batch_size,
-            "clip_skip": r.clip_skip,
-            "prompt_mode": match r.prompt_mode { PromptMode::Blend => "blend", PromptMode::Concat => "concat" },
-            "checkpoint": self.checkpoint,
-            "loras": self.loras,
-            "output_format": format,
-            "quality": quality,
-        })
-    }
-
-    /// The A1111 infotext of image `index` (without LoRA hashes, which only the model side knows).
-    pub fn infotext(&self, index: u32) -> String {
-        let r = &self.request;
-        let (sampler, schedule) = split_sampler(&r.sampler_name, r.scheduler.as_deref());
-        let mut extra = Vec::new();
-        if !self.loras.is_empty() {
-            let list = self
-                .loras
-                .iter()
-                .map(|l| format!("{}:{}", l.name, format_number(l.scale)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            extra.push(("Loras".to_string(), list));
+        let mut params = serde_json::to_value(&self.request).unwrap_or_else(|_| json!({}));
+        if let Some(obj) = params.as_object_mut() {
+            obj.insert("seeds".into(), json!(self.seeds()));
+            obj.insert("checkpoint".into(), json!(self.checkpoint));
+            obj.insert("loras".into(), json!(self.loras));
+            obj.insert("output_format".into(), json!(format));
+            obj.insert("quality".into(), json!(quality));
         }
-        Infotext {
-            prompt: r.prompt.clone(),
-            negative_prompt: r.negative_prompt.clone(),
-            steps: r.steps,
-            sampler,
-            schedule_type: schedule,
-            cfg_scale: r.cfg_scale,
-            seed: r.seed.saturating_add(u64::from(index)),
-            width: r.width,
-            height: r.height,
-            model: self.checkpoint.clone(),
-            clip_skip: (r.clip_skip > 2).then_some(r.clip_skip),
-            extra,
-            ..Infotext::default()
-        }
-        .render()
+        params
     }
-}
-
-/// Splits `DPM++ 2M Karras` into (`DPM++ 2M`, `Karras`); an explicit scheduler wins.
-fn split_sampler(name: &str, scheduler: Option<&str>) -> (String, Option<String>) {
-    let mut base = name.to_string();
-    let mut schedule = None;
-    for suffix in ["Karras", "Exponential"] {
-        if let Some(stripped) = name.strip_suffix(&format!(" {suffix}")) {
-            base = stripped.to_string();
-            schedule = Some(suffix.to_string());
-        }
-    }
-    if let Some(s) = scheduler.filter(|s| *s != "automatic") {
-        let mut chars = s.chars();
-        schedule = chars
-            .next()
-            .map(|c| c.to_uppercase().collect::<String>() + chars.as_str());
-    }
-    (base, schedule)
 }
 
 /// Validates a job `input` against the catalog, collecting every problem into one error.
 /// The error code is `UNKNOWN_MODEL` when the only problems are unknown model names.
-pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, JobError> {
+pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, WorkerError> {
     let Some(obj) = input.as_object() else {
-        return Err(JobError::invalid_input(format!(
+        return Err(WorkerError::InvalidInput(format!(
             "invalid input: `input` must be a JSON object, got {}",
             describe(input)
         )));
     };
+    let (fields, override_notes) = with_overrides(obj);
     let mut c = Checker {
-        obj,
+        obj: &fields,
         problems: Vec::new(),
         unknown_models: 0,
-        notes: Vec::new(),
+        notes: override_notes,
     };
+    if let Some(v) = obj
+        .get("override_settings")
+        .filter(|v| !v.is_null() && !v.is_object())
+    {
+        c.problem(format!(
+            "`override_settings` must be an object, got {}",
+            describe(v)
+        ));
+    }
     let defaults = Txt2ImgRequest::default();
 
     let prompt = match obj.get("prompt") {
@@ -180,7 +137,11 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, JobErr
     let scheduler = c.scheduler(catalog);
     let seed = c.int(&["seed"], -1, MAX_SEED);
     let batch_size = c.int(&["batch_size", "num_images"], 1, 8);
-    let clip_skip = c.int(&["clip_skip"], 1, 12);
+    let clip_skip = c.int(
+        &["clip_skip", "override_settings.CLIP_stop_at_last_layers"],
+        1,
+        12,
+    );
     let prompt_mode = c.prompt_mode();
     let checkpoint = c.checkpoint(catalog);
     let loras = c.loras(catalog);
@@ -205,25 +166,22 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, JobErr
     }
 
     if !c.problems.is_empty() {
-        let code = if c.unknown_models == c.problems.len() {
-            ErrorCode::UnknownModel
-        } else {
-            ErrorCode::InvalidInput
-        };
         let n = c.problems.len();
         let head = if n == 1 {
             "invalid input".to_string()
         } else {
             format!("invalid input ({n} problems)")
         };
-        return Err(JobError::new(
-            code,
-            format!("{head}: {}", c.problems.join("; ")),
-        ));
+        let message = format!("{head}: {}", c.problems.join("; "));
+        return Err(if c.unknown_models == n {
+            WorkerError::UnknownModel(message)
+        } else {
+            WorkerError::InvalidInput(message)
+        });
     }
 
     let (seed, seed_was_random) = match seed {
-        None | Some(-1) => (random_seed(), true),
+        None | Some(-1) => (crate::ids::random_seed(), true),
         Some(s) => (u64::try_from(s).unwrap_or(0), false),
     };
     let request = Txt2ImgRequest {
@@ -251,20 +209,58 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, JobErr
     })
 }
 
-fn to_u32(v: i64) -> u32 {
-    u32::try_from(v).unwrap_or(0)
+/// The input with every honoured `override_settings` key copied in as
+/// `override_settings.<key>` (so the field readers treat it as an alias of its job field), and
+/// notes about the keys that are not honoured.
+fn with_overrides(obj: &Map<String, Value>) -> (Map<String, Value>, Vec<String>) {
+    let mut fields = obj.clone();
+    let mut notes = Vec::new();
+    match obj.get("override_settings") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(settings)) => {
+            let mut ignored = Vec::new();
+            for (key, value) in settings {
+                match HONOURED_OVERRIDES.iter().find(|(k, _)| k == key) {
+                    Some((k, _)) => {
+                        fields.insert(format!("override_settings.{k}"), value.clone());
+                    }
+                    None => ignored.push(truncate(key, 64)),
+                }
+            }
+            if !ignored.is_empty() {
+                ignored.sort_unstable();
+                notes.push(format!(
+                    "ignored override_settings key(s): {}",
+                    ignored.join(", ")
+                ));
+            }
+        }
+        Some(_) => {} // reported by `validate`
+    }
+    (fields, notes)
 }
 
-/// A random seed in A1111's range (32 bits), from the OS-seeded hasher keys.
-pub fn random_seed() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() & 0xFFFF_FFFF
+/// Checks a checkpoint name against the catalog as a job's `checkpoint` field is checked
+/// (used by A1111's `POST /options`), returning the catalog's spelling.
+pub fn checkpoint_name(value: &Value, catalog: &Catalog) -> Result<String, WorkerError> {
+    let fields: Map<String, Value> = [("checkpoint".to_string(), value.clone())]
+        .into_iter()
+        .collect();
+    let mut c = Checker {
+        obj: &fields,
+        problems: Vec::new(),
+        unknown_models: 0,
+        notes: Vec::new(),
+    };
+    match c.checkpoint(catalog) {
+        Some(name) => Ok(name),
+        None if c.unknown_models > 0 => Err(WorkerError::UnknownModel(c.problems.join("; "))),
+        None => Err(WorkerError::InvalidInput(c.problems.join("; "))),
+    }
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
 }
 
 /// A short description of a JSON value for error messages: `true (a boolean)`, `"7" (a string)`.
@@ -502,7 +498,10 @@ impl<'a> Checker<'a> {
     }
 
     fn checkpoint(&mut self, catalog: &Catalog) -> Option<String> {
-        let name = self.string(&["checkpoint"], 1000)?;
+        let name = self.string(
+            &["checkpoint", "override_settings.sd_model_checkpoint"],
+            1000,
+        )?;
         self.model_name("checkpoint", &name, catalog.checkpoints.iter().collect())
     }
 

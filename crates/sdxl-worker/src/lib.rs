@@ -1,18 +1,24 @@
 //! The worker side of sdxl-worker: models.toml and the model cache, CivitAI/Hugging Face
-//! downloads, the job schema, the RunPod serverless loop, the local HTTP API, the one-shot test
-//! mode and the `render`/`fetch` CLI commands. Tensors live in `sdxl_pipeline`.
+//! downloads, the job schema, the model runtime every frontend renders through, the RunPod
+//! serverless loop, the local HTTP API, the one-shot test mode and the `render`/`fetch` CLI
+//! commands. Tensors live in `sdxl_pipeline`.
 
 pub mod api;
 pub mod cache;
+pub mod catalog;
 pub mod cli;
 pub mod download;
+pub mod error;
 pub mod fetch;
 pub mod handler;
+pub mod ids;
 pub mod job;
 pub mod local;
 pub mod logging;
 pub mod models;
+pub mod protocol;
 pub mod render;
 pub mod runpod;
+pub mod runtime;
 pub mod signals;
 pub mod store;

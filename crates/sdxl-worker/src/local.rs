@@ -2,8 +2,10 @@
 //! `./test_input.json` once, print the result body as JSON on stdout, exit 0 on success and 1 on
 //! any error. No network (apart from model fetching done by the handler itself).
 
-use crate::handler::{self, CancelFlag, JobError, JobHandler, JobOutput};
+use crate::error::WorkerError;
+use crate::handler::{self, CancelFlag, JobHandler};
 use crate::logging;
+use crate::protocol::{self, JobOutput};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -25,8 +27,8 @@ pub fn run_once(test_input: Option<&str>, models_toml: Option<&Path>) -> anyhow:
     };
     // Reject a malformed job before loading models.
     if let Err(e) = parse_job_input(&text) {
-        print_body(&handler::error_body(&e));
-        tracing::error!("Job {LOCAL_JOB_ID} failed with error: {}", e.message);
+        print_body(&protocol::error_body(&e));
+        tracing::error!("Job {LOCAL_JOB_ID} failed with error: {e}");
         return Ok(ExitCode::FAILURE);
     }
     let handler = handler::load_handler(models_toml)?;
@@ -49,22 +51,22 @@ fn print_body(body: &serde_json::Value) {
 }
 
 /// Parses a whole job text (`{"input": {...}, ...}`) and returns its `input`.
-pub fn parse_job_input(text: &str) -> Result<serde_json::Value, JobError> {
+pub fn parse_job_input(text: &str) -> Result<serde_json::Value, WorkerError> {
     let job: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| JobError::invalid_input(format!("the job is not valid JSON: {e}")))?;
+        .map_err(|e| WorkerError::InvalidInput(format!("the job is not valid JSON: {e}")))?;
     match job.get("input") {
         Some(input) if !input.is_null() => Ok(input.clone()),
-        _ if job.is_object() => Err(JobError::invalid_input(
-            "the job has no `input` object (expected {\"input\": {...}})",
+        _ if job.is_object() => Err(WorkerError::InvalidInput(
+            "the job has no `input` object (expected {\"input\": {...}})".into(),
         )),
-        _ => Err(JobError::invalid_input(
-            "the job must be a JSON object {\"input\": {...}}",
+        _ => Err(WorkerError::InvalidInput(
+            "the job must be a JSON object {\"input\": {...}}".into(),
         )),
     }
 }
 
 /// Runs one job given as text through validation and the handler.
-pub fn run_job(text: &str, handler: &dyn JobHandler) -> Result<JobOutput, JobError> {
+pub fn run_job(text: &str, handler: &dyn JobHandler) -> Result<JobOutput, WorkerError> {
     let input = parse_job_input(text)?;
     let progress = |step: u32, total: u32| tracing::debug!("step {step}/{total}");
     handler::execute(handler, &input, &progress, &CancelFlag::new())
@@ -73,5 +75,5 @@ pub fn run_job(text: &str, handler: &dyn JobHandler) -> Result<JobOutput, JobErr
 /// Like [`run_job`], returning the result body and whether the job succeeded.
 pub fn run_job_text(text: &str, handler: &dyn JobHandler) -> (serde_json::Value, bool) {
     let result = run_job(text, handler);
-    (handler::result_body(&result), result.is_ok())
+    (protocol::result_body(&result), result.is_ok())
 }

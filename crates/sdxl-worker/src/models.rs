@@ -3,6 +3,7 @@
 //! Every problem is reported with the file, the entry and what is wrong, e.g.
 //! `models.toml: checkpoints[1] "Foo": url "ftp://x" must be an http(s) URL`.
 
+use crate::error::{ErrorCode, WorkerError};
 use reqwest::Url;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -60,10 +61,19 @@ pub enum ModelsError {
 
 impl ModelsError {
     /// The SPEC §4 error code for this error.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ModelsError::UnknownModel { .. } => "UNKNOWN_MODEL",
-            _ => "INTERNAL",
+            ModelsError::UnknownModel { .. } => ErrorCode::UnknownModel,
+            _ => ErrorCode::ModelInvalid,
+        }
+    }
+}
+
+impl From<ModelsError> for WorkerError {
+    fn from(e: ModelsError) -> Self {
+        match e {
+            ModelsError::UnknownModel { .. } => WorkerError::UnknownModel(e.to_string()),
+            _ => WorkerError::ModelInvalid(e.to_string()),
         }
     }
 }

@@ -8,103 +8,88 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use sdxl_pipeline::checkpoint::{Checkpoint, VaeOverride};
-use sdxl_pipeline::lora::{LoraSet, LoraSpec};
-use sdxl_pipeline::output::encode_image;
-use sdxl_pipeline::pipeline::{LoadOptions, SdxlModel, StepProgress};
-use sdxl_pipeline::sampling::Prediction;
+use sdxl_pipeline::checkpoint::VaeOverride;
 use serde_json::{Map, Value};
 
 use crate::cli::RenderArgs;
-use crate::handler::{catalog_from, pipeline_catalog, source_for};
-use crate::job::{self, ValidatedJob};
-use crate::models::{self, ModelsConfig};
-use crate::store::ModelStore;
+use crate::job;
+use crate::runtime::{self, CliOverrides, Location, ModelRuntime, RenderPlan, ResolvedLora};
 
 /// Renders images locally as described by the flags.
 pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let input = job_input(args)?;
-    let device = sdxl_pipeline::device::parse_device(&args.device)?;
-    let dtype = match &args.dtype {
-        Some(d) => sdxl_pipeline::device::parse_dtype(d)?,
-        None if device.is_cuda() => candle_core::DType::F16,
-        None => candle_core::DType::F32,
+    let mut fields = job_input(args)?;
+    // `--checkpoint` wins over the job file's `checkpoint`; either may name a path here.
+    let job_checkpoint = fields.remove("checkpoint");
+    let reference = match (&args.checkpoint, &job_checkpoint) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(Value::String(c))) => Some(c.clone()),
+        (None, None | Some(Value::Null)) => None,
+        (None, Some(other)) => bail!(
+            "`checkpoint` must be a string, got {}",
+            job::describe(other)
+        ),
     };
-    let store = load_store(models_toml, args.checkpoint.as_deref())?;
-    let target = resolve_checkpoint(args, store.as_ref())?;
+    let is_path = reference.as_deref().is_some_and(|c| Path::new(c).exists());
+    let config = runtime::models_for_cli(models_toml, is_path).map_err(tagged)?;
+    let (device, dtype) = runtime::choose_device(Some(&args.device), args.dtype.as_deref())?;
+    let runtime = ModelRuntime::new(config, device, dtype).map_err(tagged)?;
 
-    // Validate every job field like a RunPod job; checkpoint/LoRAs are resolved here instead.
-    let mut catalog = store
-        .as_ref()
-        .map(|s| catalog_from(s.config()))
-        .unwrap_or_else(pipeline_catalog);
-    if !target.from_models_toml {
+    let cli = CliOverrides {
+        allow_paths: true,
+        config_dir: args.config.clone(),
+        vae: vae_flag(args)?,
+    };
+    let checkpoint = runtime
+        .resolve_checkpoint(reference.as_deref(), &cli)
+        .map_err(tagged)?;
+    // A path checkpoint gets no default LoRAs (models.toml's defaults belong to its checkpoints).
+    let mut catalog = runtime.catalog().clone();
+    if matches!(checkpoint.location, Location::Path(_)) {
         catalog.default_loras.clear();
     }
-    let mut fields = input;
-    fields.remove("checkpoint");
-    let job_loras = fields.remove("loras");
-    if job_loras.is_some() && !args.loras.is_empty() {
+    if fields.contains_key("loras") && !args.loras.is_empty() {
         bail!("give LoRAs either with --lora or in the job JSON, not both");
     }
-    let job = job::validate(&Value::Object(fields), &catalog)
-        .map_err(|e| anyhow::anyhow!("{} [{}]", e.message, e.code.as_str()))?;
+    let mut job = job::validate(&Value::Object(fields), &catalog).map_err(tagged)?;
     for w in &job.warnings {
         eprintln!("warning: {w}");
     }
-    let lora_specs = if !args.loras.is_empty() {
+    let loras = if args.loras.is_empty() {
+        job.loras
+            .iter()
+            .map(|l| runtime.resolve_lora(&l.name, Some(l.scale), false))
+            .collect::<Result<Vec<_>, _>>()
+    } else {
         args.loras
             .iter()
-            .map(|spec| lora_from_flag(spec, store.as_ref()))
-            .collect::<anyhow::Result<Vec<_>>>()?
-    } else {
-        let named = match job_loras {
-            Some(v) => {
-                job::validate(&serde_json::json!({"prompt": "", "loras": v}), &catalog)
-                    .map_err(|e| anyhow::anyhow!("{} [{}]", e.message, e.code.as_str()))?
-                    .loras
-            }
-            None => job.loras.clone(),
-        };
-        named
-            .iter()
-            .map(|l| lora_from_catalog(&l.name, l.scale, store.as_ref()))
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
-
-    let vae = vae_override(args, store.as_ref(), target.from_models_toml)?;
-    let checkpoint = Arc::new(Checkpoint::open_with_vae(&target.source, vae.as_ref())?);
-    let (loras, lora_warnings) = LoraSet::load(&lora_specs, &checkpoint)?;
-    for w in &lora_warnings {
-        eprintln!("warning: {w}");
+            .map(|spec| lora_from_flag(&runtime, spec))
+            .collect::<Result<Vec<_>, _>>()
     }
-    let options = LoadOptions {
-        dtype,
-        device,
-        prediction: target.prediction,
-    };
-    eprintln!("loading {} ...", target.label);
-    let model = SdxlModel::load_with_loras(checkpoint, options, &loras)?;
-    let job = ValidatedJob {
-        checkpoint: Some(target.label.clone()),
-        loras: lora_specs
-            .iter()
-            .map(|l| crate::handler::LoraSpec {
-                name: l.name.clone(),
-                scale: l.scale,
-            })
-            .collect(),
-        ..job
-    };
-    render_and_write(&model, &job, &args.out)?;
+    .map_err(tagged)?;
+    job.checkpoint = Some(checkpoint.label.clone());
+    job.loras = runtime::lora_specs(&loras);
+    job.warnings.clear(); // printed above
+
+    eprintln!("loading {} (first use downloads it) ...", checkpoint.label);
+    let plan = RenderPlan { checkpoint, loras };
+    render_and_write(&runtime, &job, &plan, &args.out)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn render_and_write(model: &SdxlModel, job: &ValidatedJob, out: &Path) -> anyhow::Result<()> {
+/// A worker error with its code, for the CLI.
+fn tagged(e: crate::error::WorkerError) -> anyhow::Error {
+    anyhow::anyhow!("{e} [{}]", e.code())
+}
+
+fn render_and_write(
+    runtime: &ModelRuntime,
+    job: &job::ValidatedJob,
+    plan: &RenderPlan,
+    out: &Path,
+) -> anyhow::Result<()> {
     let total = u64::from(job.request.steps) * u64::from(job.request.batch_size);
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -112,28 +97,27 @@ fn render_and_write(model: &SdxlModel, job: &ValidatedJob, out: &Path) -> anyhow
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let cancel = AtomicBool::new(false);
-    let mut on_step = |p: StepProgress| {
-        bar.set_length(u64::from(p.total));
-        bar.set_position(u64::from(p.done));
+    let on_step = |done: u32, total: u32| {
+        bar.set_length(u64::from(total));
+        bar.set_position(u64::from(done));
     };
-    let result = model.txt2img(&job.request, &mut on_step, &cancel);
+    let result = runtime.render(job, plan, &on_step, &cancel);
     bar.finish_and_clear();
-    let out_imgs = result?;
-    for w in &out_imgs.warnings {
+    let rendered = result.map_err(tagged)?;
+    for w in &rendered.warnings {
         eprintln!("warning: {w}");
     }
-    let n = out_imgs.images.len();
-    for (i, (img, seed)) in out_imgs.images.iter().zip(&out_imgs.seeds).enumerate() {
-        let info = job.infotext(i as u32);
-        let bytes = encode_image(img, job.output_format, Some(&info))?;
+    let n = rendered.images.len();
+    for (i, image) in rendered.images.iter().enumerate() {
         let path = output_path(out, i, n);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {} (seed {seed})", path.display());
+        std::fs::write(&path, &image.bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} (seed {})", path.display(), image.seed);
     }
-    let t = out_imgs.timings;
+    let t = rendered.timings;
     eprintln!(
-        "encode {:.0} ms, denoise {:.0} ms, decode {:.0} ms",
-        t.encode_ms, t.denoise_ms, t.decode_ms
+        "load {} ms, encode {} ms, denoise {} ms, decode {} ms",
+        t.load_ms, t.encode_ms, t.denoise_ms, t.decode_ms
     );
     Ok(())
 }
@@ -176,176 +160,49 @@ fn job_input(args: &RenderArgs) -> anyhow::Result<Map<String, Value>> {
         }
         None => Map::new(),
     };
-    let mut set = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            input.insert(k.to_string(), v);
-        }
-    };
-    set("prompt", args.prompt.clone().map(Value::from));
-    set(
-        "negative_prompt",
-        args.negative_prompt.clone().map(Value::from),
-    );
-    set("steps", args.steps.map(Value::from));
-    set("cfg_scale", args.cfg_scale.map(Value::from));
-    set("sampler_name", args.sampler.clone().map(Value::from));
-    set("scheduler", args.scheduler.clone().map(Value::from));
-    set("seed", args.seed.map(Value::from));
-    set("width", args.width.map(Value::from));
-    set("height", args.height.map(Value::from));
-    set("batch_size", args.batch_size.map(Value::from));
-    set("clip_skip", args.clip_skip.map(Value::from));
-    set("prompt_mode", args.prompt_mode.clone().map(Value::from));
-    set("output_format", args.output_format.clone().map(Value::from));
-    set("quality", args.quality.map(Value::from));
+    if let Ok(Value::Object(flags)) = serde_json::to_value(&args.job) {
+        input.extend(flags);
+    }
     if !input.contains_key("prompt") {
         bail!("--prompt is required (or a job file with --json)");
     }
     Ok(input)
 }
 
-/// The checkpoint to render with.
-struct Target {
-    source: sdxl_pipeline::checkpoint::ModelSource,
-    label: String,
-    prediction: Prediction,
-    from_models_toml: bool,
-}
-
-/// models.toml is needed unless the checkpoint is given as a path.
-fn load_store(
-    models_toml: Option<&Path>,
-    checkpoint: Option<&str>,
-) -> anyhow::Result<Option<ModelStore>> {
-    let is_path = checkpoint.is_some_and(|c| Path::new(c).exists());
-    match ModelsConfig::load(models_toml) {
-        Ok(cfg) => Ok(Some(ModelStore::new(cfg)?)),
-        Err(_) if is_path => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn resolve_checkpoint(args: &RenderArgs, store: Option<&ModelStore>) -> anyhow::Result<Target> {
-    if let Some(spec) = args.checkpoint.as_deref() {
-        if let Some(entry) = store.and_then(|s| s.config().checkpoint(spec)) {
-            return fetch_entry(store, entry, args.config.as_deref());
-        }
-        let path = Path::new(spec);
-        if !path.exists() {
-            bail!("--checkpoint {spec:?} is neither a models.toml checkpoint nor an existing file or directory");
-        }
-        let label = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| spec.to_string());
-        return Ok(Target {
-            source: source_for(path, args.config.as_deref()),
-            label,
-            prediction: Prediction::Epsilon,
-            from_models_toml: false,
-        });
-    }
-    let Some(s) = store else {
-        bail!("no --checkpoint given and no models.toml found");
+/// `--vae PATH [--vae-upcast]`.
+fn vae_flag(args: &RenderArgs) -> anyhow::Result<Option<VaeOverride>> {
+    let Some(path) = &args.vae else {
+        return Ok(None);
     };
-    let entry = s.config().default_checkpoint();
-    fetch_entry(store, entry, args.config.as_deref())
-}
-
-fn fetch_entry(
-    store: Option<&ModelStore>,
-    entry: &models::CheckpointEntry,
-    config_override: Option<&Path>,
-) -> anyhow::Result<Target> {
-    let Some(store) = store else {
-        bail!("models.toml is not available");
-    };
-    eprintln!("fetching {} (first use downloads it) ...", entry.name);
-    let path = store
-        .fetch(entry, None)
-        .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
-    Ok(Target {
-        source: source_for(&path, config_override.or(entry.config.as_deref())),
-        label: entry.name.clone(),
-        prediction: match entry.prediction {
-            models::Prediction::Epsilon => Prediction::Epsilon,
-            models::Prediction::VPrediction => Prediction::V,
-        },
-        from_models_toml: true,
-    })
-}
-
-/// `--vae PATH`, else models.toml's `[vae]` for a models.toml checkpoint (fetched on first use).
-fn vae_override(
-    args: &RenderArgs,
-    store: Option<&ModelStore>,
-    from_models_toml: bool,
-) -> anyhow::Result<Option<VaeOverride>> {
-    if let Some(path) = &args.vae {
-        if !path.is_file() {
-            bail!("--vae {}: no such file", path.display());
-        }
-        return Ok(Some(VaeOverride {
-            path: path.clone(),
-            fp16_safe: !args.vae_upcast,
-        }));
+    if !path.is_file() {
+        bail!("--vae {}: no such file", path.display());
     }
-    match store {
-        Some(store) if from_models_toml => store
-            .vae_override()
-            .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code())),
-        _ => Ok(None),
-    }
+    Ok(Some(VaeOverride {
+        path: path.clone(),
+        fp16_safe: !args.vae_upcast,
+    }))
 }
 
 /// `--lora NAME_OR_PATH[:SCALE]`: a models.toml LoRA name (default scale from models.toml) or a
 /// `.safetensors` path (default scale 1).
-fn lora_from_flag(spec: &str, store: Option<&ModelStore>) -> anyhow::Result<LoraSpec> {
+fn lora_from_flag(
+    runtime: &ModelRuntime,
+    spec: &str,
+) -> Result<ResolvedLora, crate::error::WorkerError> {
+    use crate::error::WorkerError;
     let (target, scale) = match spec.rsplit_once(':') {
         Some((head, tail)) if !head.is_empty() => match tail.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => (head, Some(v)),
-            Ok(_) => bail!("--lora {spec:?}: the scale must be a finite number"),
+            Ok(_) => {
+                return Err(WorkerError::InvalidInput(format!(
+                    "--lora {spec:?}: the scale must be a finite number"
+                )))
+            }
             Err(_) => (spec, None),
         },
         _ => (spec, None),
     };
-    if let Some(entry) = store.and_then(|s| s.config().lora(target)) {
-        return lora_from_catalog(&entry.name, scale.unwrap_or(entry.scale), store);
-    }
-    let path = Path::new(target);
-    if !path.is_file() {
-        bail!("--lora {spec:?}: {target:?} is neither a models.toml LoRA nor an existing file");
-    }
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| target.to_string());
-    Ok(LoraSpec {
-        path: path.to_path_buf(),
-        name,
-        scale: scale.unwrap_or(1.0),
-    })
-}
-
-/// A models.toml LoRA, fetched on first use.
-fn lora_from_catalog(
-    name: &str,
-    scale: f64,
-    store: Option<&ModelStore>,
-) -> anyhow::Result<LoraSpec> {
-    let Some(store) = store else {
-        bail!("LoRA {name:?}: models.toml is not available");
-    };
-    let entry = store.config().require_lora(name)?;
-    eprintln!("fetching LoRA {} (first use downloads it) ...", entry.name);
-    let path = store
-        .fetch(entry, None)
-        .map_err(|e| anyhow::anyhow!("{e} [{}]", e.code()))?;
-    Ok(LoraSpec {
-        path,
-        name: entry.name.clone(),
-        scale,
-    })
+    runtime.resolve_lora(target, scale, true)
 }
 
 #[cfg(test)]

@@ -133,14 +133,22 @@ pub async fn serve(
         let wait = match reply {
             TakeReply::Jobs(list) => {
                 backoff = cfg.backoff_initial;
+                let mut answered = 0;
                 for job in list {
-                    jobs::process(&ctx, job).await;
+                    if jobs::process(&ctx, job).await {
+                        answered += 1;
+                    }
                     if cfg.refresh_worker {
                         tracing::info!("refresh_worker is set: exiting after this job");
                         break 'outer;
                     }
                 }
-                Duration::ZERO
+                if answered == 0 {
+                    // Only junk without a job id: wait like "no job" (never a hot loop).
+                    cfg.min_take_interval.saturating_sub(started.elapsed())
+                } else {
+                    Duration::ZERO
+                }
             }
             TakeReply::NoJob => {
                 backoff = cfg.backoff_initial;

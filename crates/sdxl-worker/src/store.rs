@@ -8,28 +8,33 @@ use sdxl_pipeline::checkpoint::VaeOverride;
 
 use crate::cache::{CacheEntry, ModelCache};
 use crate::download::{DownloadError, DownloadProgress, TracingProgress};
+use crate::error::WorkerError;
 use crate::models::ModelsConfig;
 
 /// models.toml plus its cache, usable from blocking (non-async) code.
 pub struct ModelStore {
     config: ModelsConfig,
     cache: ModelCache,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken out in `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl ModelStore {
     /// Opens the cache of `config` (creating the cache dir when needed).
-    pub fn new(config: ModelsConfig) -> anyhow::Result<Self> {
+    pub fn new(config: ModelsConfig) -> Result<Self, WorkerError> {
         let cache = ModelCache::new(&config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sdxl-fetch")
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(|e| {
+                WorkerError::Internal(format!("cannot start the download runtime: {e}"))
+            })?;
         Ok(Self {
             config,
             cache,
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
@@ -49,8 +54,13 @@ impl ModelStore {
         let logged = TracingProgress::new(Duration::from_secs(2));
         let progress = progress.unwrap_or(&logged);
         let fut = self.cache.ensure(entry, progress);
+        let Some(runtime) = &self.runtime else {
+            return Err(DownloadError::Client(
+                "the download runtime has stopped".into(),
+            ));
+        };
         std::thread::scope(|s| {
-            s.spawn(|| self.runtime.block_on(fut))
+            s.spawn(|| runtime.block_on(fut))
                 .join()
                 .unwrap_or_else(|_| {
                     Err(DownloadError::Io {
@@ -74,5 +84,16 @@ impl ModelStore {
             path,
             fp16_safe: entry.fp16_safe,
         }))
+    }
+}
+
+impl Drop for ModelStore {
+    /// The store may be dropped inside another runtime's async context (the serve loop owns the
+    /// handler): a blocking runtime drop would panic there, so the download runtime is shut down
+    /// in the background instead.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }

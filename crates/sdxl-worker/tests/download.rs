@@ -363,7 +363,7 @@ async fn wrong_sha256_is_rejected_and_cleaned_up() {
     e.sha256 = Some("0".repeat(64));
     let err = fx.get(&e).await.unwrap_err();
     assert!(matches!(err, DownloadError::ShaMismatch { .. }), "{err:?}");
-    assert_eq!(err.code(), "MODEL_INVALID");
+    assert_eq!(err.code().as_str(), "MODEL_INVALID");
     assert!(err.to_string().contains(&sha_hex(&body)), "{err}");
     assert!(!fx.part().exists());
     assert!(!fx.dest().exists());
@@ -387,7 +387,7 @@ async fn unauthorized_without_key_then_success_with_key() {
         matches!(err, DownloadError::Unauthorized { status: 401, .. }),
         "{err:?}"
     );
-    assert_eq!(err.code(), "MODEL_DOWNLOAD_FAILED");
+    assert_eq!(err.code().as_str(), "MODEL_DOWNLOAD_FAILED");
     assert!(err.to_string().contains("set CIVITAI_API_KEY"), "{err}");
     assert_eq!(srv.requests().len(), 1, "401 is not retried");
     assert!(!fx.dest().exists());
@@ -637,7 +637,7 @@ async fn cached_file_that_is_not_safetensors_is_moved_aside_and_refetched() {
     std::fs::write(fx.dest(), b"this is not a model").unwrap();
     let e = entry(&srv.url("/m"));
     let err = fx.get(&e).await.unwrap_err();
-    assert_eq!(err.code(), "MODEL_INVALID");
+    assert_eq!(err.code().as_str(), "MODEL_INVALID");
     let msg = err.to_string();
     assert!(
         msg.contains("test.safetensors") && msg.contains("moved aside"),
@@ -664,7 +664,7 @@ async fn truncated_tensor_data_is_rejected_after_download() {
     let srv = Server::start(move |_, _| Reply::ok(&b)).await;
     let fx = fixture(fast_opts());
     let err = fx.get(&entry(&srv.url("/m"))).await.unwrap_err();
-    assert_eq!(err.code(), "MODEL_INVALID");
+    assert_eq!(err.code().as_str(), "MODEL_INVALID");
     assert!(err.to_string().contains("tensor \"w\""), "{err}");
     assert!(!fx.part().exists() && !fx.dest().exists());
 }
@@ -681,10 +681,13 @@ async fn local_path_entries_are_checked_but_never_moved() {
     assert_eq!(fx.get(&e).await.unwrap(), good);
     e.source = Source::Path(bad.clone());
     let err = fx.get(&e).await.unwrap_err();
-    assert_eq!(err.code(), "MODEL_INVALID");
+    assert_eq!(err.code().as_str(), "MODEL_INVALID");
     assert!(bad.exists());
     e.source = Source::Path(fx.dir.path().join("missing.safetensors"));
-    assert_eq!(fx.get(&e).await.unwrap_err().code(), "MODEL_INVALID");
+    assert_eq!(
+        fx.get(&e).await.unwrap_err().code().as_str(),
+        "MODEL_INVALID"
+    );
 }
 
 #[tokio::test]

@@ -3,11 +3,15 @@
 use sdxl_pipeline::output::{read_png_parameters, ImageFormat};
 use sdxl_pipeline::pipeline::Txt2ImgRequest;
 use sdxl_pipeline::prompt::PromptMode;
-use sdxl_worker::handler::{self, CancelFlag, ErrorCode, JobError, LoraSpec, StubHandler};
+use sdxl_worker::catalog::{Catalog, LoraSpec};
+use sdxl_worker::error::{ErrorCode, WorkerError};
+use sdxl_worker::handler::{self, CancelFlag, StubHandler};
 use sdxl_worker::job::{validate, ValidatedJob, MAX_SEED};
+use sdxl_worker::protocol::{self, JobOutput};
+use sdxl_worker::runtime::{infotext, SamplerLabels};
 use serde_json::{json, Value};
 
-fn catalog() -> sdxl_worker::handler::Catalog {
+fn catalog() -> Catalog {
     StubHandler::default().catalog
 }
 
@@ -15,7 +19,7 @@ fn ok(input: Value) -> ValidatedJob {
     validate(&input, &catalog()).unwrap_or_else(|e| panic!("{input} rejected: {e}"))
 }
 
-fn err(input: Value) -> JobError {
+fn err(input: Value) -> WorkerError {
     match validate(&input, &catalog()) {
         Ok(j) => panic!("{input} accepted: {j:?}"),
         Err(e) => e,
@@ -89,9 +93,9 @@ fn a1111_names_win_and_equal_aliases_are_fine_but_conflicts_are_errors() {
     );
     let e = err(json!({"prompt": "p", "steps": 9, "num_inference_steps": 10}));
     assert!(
-        e.message.contains("`steps` and `num_inference_steps`"),
+        e.message().contains("`steps` and `num_inference_steps`"),
         "{}",
-        e.message
+        e.message()
     );
 }
 
@@ -116,15 +120,15 @@ fn nothing_is_coerced() {
         ("quality", json!(90.5)),
     ] {
         let e = err(json!({"prompt": "p", field: value}));
-        assert_eq!(e.code, ErrorCode::InvalidInput);
+        assert_eq!(e.code(), ErrorCode::InvalidInput);
         assert!(
-            e.message.contains(&format!("`{field}`")),
+            e.message().contains(&format!("`{field}`")),
             "{field}={value}: {}",
-            e.message
+            e.message()
         );
     }
     let e = err(json!({"prompt": 5}));
-    assert!(e.message.contains("`prompt` must be a string"));
+    assert!(e.message().contains("`prompt` must be a string"));
 }
 
 #[test]
@@ -177,9 +181,9 @@ fn ranges_are_enforced_at_both_ends() {
         for b in bad {
             let e = err(json!({"prompt": "p", field: b}));
             assert!(
-                e.message.contains(&format!("`{field}`")),
+                e.message().contains(&format!("`{field}`")),
                 "{field}={b}: {}",
-                e.message
+                e.message()
             );
         }
     }
@@ -192,7 +196,7 @@ fn every_problem_is_reported_at_once() {
         "seed": -5, "batch_size": 99, "loras": [{"name": "../etc/passwd"}], "checkpoint": "Missing",
         "clip_skip": 0, "prompt_mode": "mix", "output_format": "gif"}),
     );
-    assert_eq!(e.code, ErrorCode::InvalidInput);
+    assert_eq!(e.code(), ErrorCode::InvalidInput);
     for needle in [
         "`prompt`",
         "`steps`",
@@ -209,15 +213,15 @@ fn every_problem_is_reported_at_once() {
         "`output_format`",
     ] {
         assert!(
-            e.message.contains(needle),
+            e.message().contains(needle),
             "missing {needle}: {}",
-            e.message
+            e.message()
         );
     }
     assert!(
-        e.message.starts_with("invalid input (13 problems): "),
+        e.message().starts_with("invalid input (13 problems): "),
         "{}",
-        e.message
+        e.message()
     );
 }
 
@@ -266,21 +270,21 @@ fn nulls_mean_absent() {
         .negative_prompt
         .is_none());
     assert!(err(json!({"prompt": null}))
-        .message
+        .message()
         .contains("`prompt` is required"));
 }
 
 #[test]
 fn model_names_are_checked_and_paths_rejected() {
     let e = err(json!({"prompt": "p", "checkpoint": "Nope XL"}));
-    assert_eq!(e.code, ErrorCode::UnknownModel);
+    assert_eq!(e.code(), ErrorCode::UnknownModel);
     assert!(
-        e.message.contains("Stub XL, Other XL"),
+        e.message().contains("Stub XL, Other XL"),
         "lists what exists: {}",
-        e.message
+        e.message()
     );
     let e = err(json!({"prompt": "p", "loras": [{"name": "Nope", "scale": 1}]}));
-    assert_eq!(e.code, ErrorCode::UnknownModel);
+    assert_eq!(e.code(), ErrorCode::UnknownModel);
     for bad in [
         "../x",
         "a/b",
@@ -293,9 +297,14 @@ fn model_names_are_checked_and_paths_rejected() {
         "x\u{0}y",
     ] {
         let e = err(json!({"prompt": "p", "loras": [{"name": bad, "scale": 1}]}));
-        assert_eq!(e.code, ErrorCode::InvalidInput, "{bad:?}: {}", e.message);
+        assert_eq!(
+            e.code(),
+            ErrorCode::InvalidInput,
+            "{bad:?}: {}",
+            e.message()
+        );
         let e = err(json!({"prompt": "p", "checkpoint": bad}));
-        assert_eq!(e.code, ErrorCode::InvalidInput, "{bad:?}");
+        assert_eq!(e.code(), ErrorCode::InvalidInput, "{bad:?}");
     }
     // Case-insensitive match resolves to the catalog spelling.
     assert_eq!(
@@ -335,9 +344,9 @@ fn loras_items_are_strict() {
     ] {
         let e = err(json!({"prompt": "p", "loras": bad}));
         assert!(
-            e.message.contains("loras") || e.message.contains("LoRA"),
+            e.message().contains("loras") || e.message().contains("LoRA"),
             "{bad}: {}",
-            e.message
+            e.message()
         );
     }
 }
@@ -346,7 +355,7 @@ fn loras_items_are_strict() {
 fn input_must_be_an_object() {
     for v in [json!(null), json!(1), json!("x"), json!([]), json!(true)] {
         let e = err(v);
-        assert!(e.message.contains("must be a JSON object"));
+        assert!(e.message().contains("must be a JSON object"));
     }
 }
 
@@ -380,24 +389,28 @@ fn parameters_list_every_effective_value_and_seeds() {
     assert_eq!(p["quality"], 80);
 }
 
+/// The infotext the runtime writes for image `i` of `j`.
+fn info(j: &ValidatedJob, i: u32) -> String {
+    infotext(j, &SamplerLabels::of(j).unwrap(), i)
+}
+
 #[test]
 fn infotext_is_a1111_shaped() {
     let j = ok(json!({"prompt": "a cat", "negative_prompt": "blurry", "seed": 42, "loras": []}));
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
-        j.infotext(0),
+        info(&j, 0),
         format!("a cat\nNegative prompt: blurry\nSteps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 1024x1024, Model: Stub XL, Version: sdxl-worker {version}")
     );
     let j = ok(
         json!({"prompt": "a", "seed": 1, "sampler_name": "Euler", "scheduler": "exponential", "loras": [], "clip_skip": 3}),
     );
     assert!(
-        j.infotext(1)
-            .contains("Sampler: Euler, Schedule type: Exponential, CFG scale: 7, Seed: 2,"),
+        info(&j, 1).contains("Sampler: Euler, Schedule type: Exponential, CFG scale: 7, Seed: 2,"),
         "{}",
-        j.infotext(1)
+        info(&j, 1)
     );
-    assert!(j.infotext(0).contains("Clip skip: 3"));
+    assert!(info(&j, 0).contains("Clip skip: 3"));
 }
 
 #[test]
@@ -436,15 +449,15 @@ fn cancel_and_progress_reach_the_handler() {
         &cancel,
     )
     .unwrap_err();
-    assert_eq!(e.code, ErrorCode::Cancelled);
+    assert_eq!(e.code(), ErrorCode::Cancelled);
     assert_eq!(*steps.lock().unwrap(), vec![(1, 5), (2, 5)]);
 }
 
 #[test]
 fn result_and_error_bodies_have_the_wire_shape() {
-    let e = JobError::new(ErrorCode::ModelDownloadFailed, "HTTP 401 from civitai.com");
+    let e = WorkerError::ModelDownloadFailed("HTTP 401 from civitai.com".into());
     assert_eq!(
-        handler::result_body(&Err(e)),
+        protocol::result_body(&Err(e)),
         json!({"error": "HTTP 401 from civitai.com", "output": {"code": "MODEL_DOWNLOAD_FAILED"}})
     );
     for (code, s) in [
@@ -460,7 +473,7 @@ fn result_and_error_bodies_have_the_wire_shape() {
         assert_eq!(code.as_str(), s);
     }
     let pe = sdxl_pipeline::PipelineError::OutOfMemory("CUDA".into());
-    assert_eq!(JobError::from(pe).code, ErrorCode::OutOfMemory);
+    assert_eq!(WorkerError::from(pe).code(), ErrorCode::OutOfMemory);
 }
 
 #[test]
@@ -471,17 +484,16 @@ fn result_body_text_matches_result_body() {
         &|_, _| {},
         &CancelFlag::new(),
     );
-    let err: Result<handler::JobOutput, JobError> =
-        Err(JobError::new(ErrorCode::Internal, "bad \"thing\"\n"));
+    let err: Result<JobOutput, WorkerError> = Err(WorkerError::Internal("bad \"thing\"\n".into()));
     for r in [out, err] {
-        let text: Value = serde_json::from_str(&handler::result_body_text(&r, false)).unwrap();
-        assert_eq!(text, handler::result_body(&r));
+        let text: Value = serde_json::from_str(&protocol::result_body_text(&r, false)).unwrap();
+        assert_eq!(text, protocol::result_body(&r));
         let mut with_stop: Value =
-            serde_json::from_str(&handler::result_body_text(&r, true)).unwrap();
+            serde_json::from_str(&protocol::result_body_text(&r, true)).unwrap();
         assert_eq!(
             with_stop.as_object_mut().unwrap().remove("stopPod"),
             Some(json!(true))
         );
-        assert_eq!(with_stop, handler::result_body(&r));
+        assert_eq!(with_stop, protocol::result_body(&r));
     }
 }

@@ -2,7 +2,8 @@
 //! and to the one-shot path: each gets a typed JSON error and the next valid job still works.
 
 use sdxl_worker::api::{self, ApiConfig};
-use sdxl_worker::handler::{ErrorCode, JobHandler, StubHandler};
+use sdxl_worker::error::ErrorCode;
+use sdxl_worker::handler::{JobHandler, StubHandler};
 use sdxl_worker::local;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -458,11 +459,11 @@ fn every_malformed_job_fails_typed_in_the_one_shot_path() {
         };
         let e = local::run_job(text, &handler).expect_err(&c.name);
         assert!(
-            matches!(e.code, ErrorCode::InvalidInput | ErrorCode::UnknownModel),
+            matches!(e.code(), ErrorCode::InvalidInput | ErrorCode::UnknownModel),
             "{}: {e}",
             c.name
         );
-        assert!(!e.message.is_empty());
+        assert!(!e.message().is_empty());
         assert!(local::run_job(r#"{"input": {"prompt": "a", "steps": 1}}"#, &handler).is_ok());
     }
 }

@@ -120,9 +120,12 @@ fn single_checkpoint_is_the_default_and_fields_default_sensibly() {
     assert_eq!(ck.prediction, Prediction::Epsilon);
     assert!(cfg.checkpoint("B").is_none());
     let e = cfg.require_checkpoint("B").unwrap_err();
-    assert_eq!(e.code(), "UNKNOWN_MODEL");
+    assert_eq!(e.code().as_str(), "UNKNOWN_MODEL");
     assert_eq!(e.to_string(), r#"unknown checkpoint "B"; known: A"#);
-    assert_eq!(cfg.require_lora("x").unwrap_err().code(), "UNKNOWN_MODEL");
+    assert_eq!(
+        cfg.require_lora("x").unwrap_err().code().as_str(),
+        "UNKNOWN_MODEL"
+    );
 }
 
 #[test]

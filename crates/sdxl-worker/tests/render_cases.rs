@@ -89,7 +89,9 @@ fn run_case(name: &str, words: &[String], out_dir: &Path) -> (f64, u8) {
         .collect();
     let output = Command::new(env!("CARGO_BIN_EXE_sdxl-worker"))
         .args(&args)
-        .env("SDXL_MODELS_TOML", fx.join("does-not-exist.toml"))
+        // No models.toml at all: the checkpoint is given as a path.
+        .env_remove("SDXL_MODELS_TOML")
+        .current_dir(out_dir)
         .output()
         .expect("run sdxl-worker");
     assert!(

@@ -3,7 +3,8 @@
 mod common;
 
 use common::{job, small_input, wait_until, FakeRunpod, Reply};
-use sdxl_worker::handler::{ErrorCode, JobError, JobHandler, StubHandler};
+use sdxl_worker::error::WorkerError;
+use sdxl_worker::handler::{JobHandler, StubHandler};
 use sdxl_worker::runpod::{serve, RunpodConfig, Shutdown};
 use serde_json::json;
 use std::sync::Arc;
@@ -296,7 +297,7 @@ async fn handler_failures_and_panics_become_error_posts_and_the_worker_goes_on()
     let (sd, task) = start(
         fake.config(""),
         StubHandler {
-            fail_with: Some(JobError::new(ErrorCode::OutOfMemory, "CUDA out of memory")),
+            fail_with: Some(WorkerError::OutOfMemory("CUDA out of memory".into())),
             ..StubHandler::default()
         },
     );

@@ -2,8 +2,9 @@
 //! `runsync` → base64 PNG whose `parameters` chunk carries the A1111 infotext.
 
 use sdxl_worker::api::{self, ApiConfig};
-use sdxl_worker::handler::{JobHandler, ModelHandler};
+use sdxl_worker::handler::JobHandler;
 use sdxl_worker::models::ModelsConfig;
+use sdxl_worker::runtime::ModelRuntime;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
@@ -37,8 +38,12 @@ async fn runsync_returns_png_with_infotext() {
     let cache = tempfile::tempdir().unwrap();
     let config = tiny_models_toml(cache.path(), "");
     let handler = tokio::task::spawn_blocking(move || {
-        let h = ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32)
-            .expect("handler");
+        let h = ModelRuntime::new(
+            Some(config),
+            candle_core::Device::Cpu,
+            candle_core::DType::F32,
+        )
+        .expect("handler");
         h.preload().expect("preload");
         h
     })
@@ -105,8 +110,12 @@ fn lora_sets_switch_between_jobs() {
         lora.display()
     );
     let config = tiny_models_toml(cache.path(), &extra);
-    let handler =
-        ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let handler = ModelRuntime::new(
+        Some(config),
+        candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
     handler
         .preload()
         .expect("preload merges the default LoRA set");
@@ -159,8 +168,12 @@ fn vae_override_from_models_toml_is_used_by_jobs() {
     candle_core::safetensors::save(&vae, &vae_path).unwrap();
     let extra = format!("[vae]\npath = \"{}\"\n", vae_path.display());
     let config = tiny_models_toml(cache.path(), &extra);
-    let handler =
-        ModelHandler::new(config, candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let handler = ModelRuntime::new(
+        Some(config),
+        candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
     let input = json!({"prompt": "a red apple", "steps": 2, "width": 64, "height": 64, "seed": 5});
     let out = execute(&handler, &input, &|_, _| {}, &CancelFlag::new()).expect("job");
     use base64::Engine as _;

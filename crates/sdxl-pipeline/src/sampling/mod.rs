@@ -105,7 +105,7 @@ pub struct NoNoise;
 
 impl NoiseSource for NoNoise {
     fn next_noise(&mut self) -> Result<Tensor> {
-        Err(crate::PipelineError::InvalidInput(
+        Err(crate::PipelineError::Internal(
             "this sampler does not draw noise".into(),
         ))
     }

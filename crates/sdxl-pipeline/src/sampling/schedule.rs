@@ -31,7 +31,7 @@ pub enum ScheduleKind {
     /// A1111 timestep samplers (DDIM): σ at t = `range(0, 1000, 1000//n) + 1`, descending, no trailing 0.
     Timesteps,
     /// A1111 UniPC: its `time_uniform` continuous-time grid as VE sigmas, no trailing 0
-    /// ([`super::unipc::time_uniform_sigmas`]).
+    /// ([`time_uniform_sigmas`]).
     UniPcTimeUniform,
 }
 
@@ -162,7 +162,7 @@ impl ModelSchedule {
                     .collect())
             }
             ScheduleKind::UniPcTimeUniform => {
-                return super::unipc::time_uniform_sigmas(self, n);
+                return time_uniform_sigmas(self, n);
             }
         };
         s.push(0.0);
@@ -225,4 +225,38 @@ fn linspace_f32(a: f32, b: f32, n: usize) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// The VE sigmas of A1111's UniPC grid for `n` requested steps: `steps + 1` points where steps is
+/// the length of A1111's `get_timesteps(n)` (e.g. 7 for n = 6), descending, no trailing 0.
+pub fn time_uniform_sigmas(schedule: &ModelSchedule, n: usize) -> Result<Vec<f64>> {
+    let steps = timesteps(n, TRAIN_STEPS)?.len();
+    let log_alpha: Vec<f64> = schedule
+        .alphas_cumprod()
+        .iter()
+        .map(|&a| 0.5 * f64::from(a).ln())
+        .collect();
+    if log_alpha.len() < 2 {
+        return Err(PipelineError::Internal(
+            "noise schedule has fewer than 2 timesteps".into(),
+        ));
+    }
+    let total = log_alpha.len() as f64;
+    let (t_end, t_start) = (1.0 / total, 1.0);
+    (0..=steps)
+        .map(|i| {
+            let t = t_start + (t_end - t_start) * i as f64 / steps as f64;
+            let la = interpolate(&log_alpha, t * total - 1.0);
+            let sigma_vp = (1.0 - (2.0 * la).exp()).sqrt();
+            Ok(sigma_vp / la.exp())
+        })
+        .collect()
+}
+
+/// Linear interpolation of `ys` at fractional index `pos` (extrapolating with the end segments).
+fn interpolate(ys: &[f64], pos: f64) -> f64 {
+    let last = ys.len() - 2;
+    let k = (pos.floor().max(0.0) as usize).min(last);
+    let w = pos - k as f64;
+    ys[k] + w * (ys[k + 1] - ys[k])
 }

@@ -5,7 +5,7 @@
 //! A1111 works in continuous VP time on `NoiseScheduleVP('discrete', ᾱ)`: log α(t) is the
 //! piecewise-linear interpolation of ½·log ᾱ over t = (k+1)/1000, the grid is `time_uniform`
 //! (`linspace(1, 1/1000, steps + 1)`, steps = the number of A1111 timesteps) and the model sees
-//! t·1000 − 1. [`time_uniform_sigmas`] turns that grid into VE sigmas (σ = σ_vp/α), so the sampler
+//! t·1000 − 1. [`super::schedule::time_uniform_sigmas`] turns that grid into VE sigmas (σ = σ_vp/α), so the sampler
 //! itself needs only the sigma list: λ = −ln σ, α = 1/√(1+σ²), σ_vp = σ·α, and the data prediction
 //! is the denoiser's D at x_ve = x_vp/α. Like DDIM it starts from x_vp = noise
 //! ([`super::InitNoise::VpUnit`]) and returns the VP latent at the last grid point.
@@ -14,7 +14,6 @@ use std::collections::VecDeque;
 
 use candle_core::Tensor;
 
-use super::schedule::{timesteps, ModelSchedule, TRAIN_STEPS};
 use super::{Denoiser, NoiseSource, Sampler};
 use crate::{PipelineError, Result};
 
@@ -39,40 +38,6 @@ impl Default for UniPc {
     }
 }
 
-/// The VE sigmas of A1111's UniPC grid for `n` requested steps: `steps + 1` points where steps is
-/// the length of A1111's `get_timesteps(n)` (e.g. 7 for n = 6), descending, no trailing 0.
-pub fn time_uniform_sigmas(schedule: &ModelSchedule, n: usize) -> Result<Vec<f64>> {
-    let steps = timesteps(n, TRAIN_STEPS)?.len();
-    let log_alpha: Vec<f64> = schedule
-        .alphas_cumprod()
-        .iter()
-        .map(|&a| 0.5 * f64::from(a).ln())
-        .collect();
-    if log_alpha.len() < 2 {
-        return Err(PipelineError::InvalidInput(
-            "noise schedule has fewer than 2 timesteps".into(),
-        ));
-    }
-    let total = log_alpha.len() as f64;
-    let (t_end, t_start) = (1.0 / total, 1.0);
-    (0..=steps)
-        .map(|i| {
-            let t = t_start + (t_end - t_start) * i as f64 / steps as f64;
-            let la = interpolate(&log_alpha, t * total - 1.0);
-            let sigma_vp = (1.0 - (2.0 * la).exp()).sqrt();
-            Ok(sigma_vp / la.exp())
-        })
-        .collect()
-}
-
-/// Linear interpolation of `ys` at fractional index `pos` (extrapolating with the end segments).
-fn interpolate(ys: &[f64], pos: f64) -> f64 {
-    let last = ys.len() - 2;
-    let k = (pos.floor().max(0.0) as usize).min(last);
-    let w = pos - k as f64;
-    ys[k] + w * (ys[k + 1] - ys[k])
-}
-
 /// Grid quantities of one sigma.
 #[derive(Clone, Copy)]
 struct Point {
@@ -85,7 +50,7 @@ struct Point {
 impl Point {
     fn new(sigma: f64) -> Result<Self> {
         if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(PipelineError::InvalidInput(format!(
+            return Err(PipelineError::Internal(format!(
                 "UniPC needs positive finite sigmas, got {sigma}"
             )));
         }
@@ -107,7 +72,7 @@ fn data_prediction(model: &mut dyn Denoiser, x_vp: &Tensor, p: Point) -> Result<
 /// Solves the small dense system `a·x = b` by Gaussian elimination with partial pivoting.
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
     let n = b.len();
-    let singular = || PipelineError::InvalidInput("UniPC: singular coefficient system".into());
+    let singular = || PipelineError::Internal("UniPC: singular coefficient system".into());
     for col in 0..n {
         let pivot = (col..n)
             .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
@@ -159,7 +124,7 @@ fn update(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (p0, m0) = history
         .back()
-        .ok_or_else(|| PipelineError::InvalidInput("UniPC: empty history".into()))?;
+        .ok_or_else(|| PipelineError::Internal("UniPC: empty history".into()))?;
     let h = t.lambda - p0.lambda;
     let mut rks = Vec::with_capacity(order);
     let mut d1s = Vec::with_capacity(order);

@@ -20,8 +20,8 @@ impl PerLevel {
         match self {
             Self::Same(v) => Ok(vec![*v; levels]),
             Self::List(v) if v.len() == levels => Ok(v.clone()),
-            Self::List(v) => Err(PipelineError::InvalidInput(format!(
-                "unet config: `{field}` has {} entries for {levels} levels",
+            Self::List(v) => Err(PipelineError::InvalidConfig(format!(
+                "unet: `{field}` has {} entries for {levels} levels",
                 v.len()
             ))),
         }
@@ -151,7 +151,7 @@ impl UNetConfig {
 
     /// Checks the config describes a UNet this crate can build and resolves per-level values.
     pub(crate) fn layout(&self) -> Result<UNetLayout> {
-        let bad = |m: String| PipelineError::InvalidInput(format!("unet config: {m}"));
+        let bad = |m: String| PipelineError::InvalidConfig(format!("unet: {m}"));
         let n = self.levels();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err(bad(format!(

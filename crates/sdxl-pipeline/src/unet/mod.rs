@@ -45,10 +45,10 @@ impl SdxlUNet {
         let ch = &cfg.block_out_channels;
         let first = *ch
             .first()
-            .ok_or_else(|| PipelineError::InvalidInput("unet config: no levels".into()))?;
+            .ok_or_else(|| PipelineError::InvalidConfig("unet: no levels".into()))?;
         let last = *ch
             .last()
-            .ok_or_else(|| PipelineError::InvalidInput("unet config: no levels".into()))?;
+            .ok_or_else(|| PipelineError::InvalidConfig("unet: no levels".into()))?;
         let time_proj = Timesteps {
             dim: first,
             flip_sin_to_cos: cfg.flip_sin_to_cos,
@@ -62,8 +62,8 @@ impl SdxlUNet {
             .projection_input_dim
             .checked_sub(6 * layout.addition_time_embed_dim)
             .ok_or_else(|| {
-                PipelineError::InvalidInput(
-                    "unet config: projection_class_embeddings_input_dim < 6·addition_time_embed_dim"
+                PipelineError::InvalidConfig(
+                    "unet: projection_class_embeddings_input_dim < 6·addition_time_embed_dim"
                         .into(),
                 )
             })?;
@@ -202,7 +202,7 @@ impl SdxlUNet {
         text_embeds: &Tensor,
         time_ids: &Tensor,
     ) -> Result<usize> {
-        let bad = |m: String| Err(PipelineError::InvalidInput(format!("unet input: {m}")));
+        let bad = |m: String| Err(PipelineError::Internal(format!("unet input: {m}")));
         let (b, c, _, _) = x.dims4()?;
         if c != self.in_channels {
             return bad(format!("x has {c} channels, expected {}", self.in_channels));
@@ -279,7 +279,7 @@ impl SdxlUNet {
         for (i, block) in self.up_blocks.iter().enumerate() {
             let take = block.skip_count();
             let start = skips.len().checked_sub(take).ok_or_else(|| {
-                PipelineError::InvalidInput("unet: skip connections exhausted".into())
+                PipelineError::Internal("unet: skip connections exhausted".into())
             })?;
             let mine: Vec<Tensor> = skips.drain(start..).rev().collect();
             let upsample_to = match skips.last() {

@@ -78,7 +78,7 @@ impl VaeConfig {
 
     /// Checks the config describes a VAE this crate can build.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(PipelineError::InvalidInput(format!("vae config: {m}")));
+        let bad = |m: &str| Err(PipelineError::InvalidConfig(format!("vae: {m}")));
         let n = self.block_out_channels.len();
         if n == 0 {
             return bad("no block_out_channels");

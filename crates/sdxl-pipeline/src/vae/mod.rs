@@ -174,7 +174,7 @@ impl AutoencoderKl {
             cfg.block_out_channels.last(),
         ) {
             (Some(f), Some(l)) => (*f, *l),
-            _ => return Err(PipelineError::InvalidInput("vae config: no levels".into())),
+            _ => return Err(PipelineError::InvalidConfig("vae: no levels".into())),
         };
         let lat = cfg.latent_channels;
         let conv1 = |vb: VarBuilder, c: usize| candle_nn::conv2d(c, c, 1, Default::default(), vb);
@@ -220,11 +220,7 @@ impl AutoencoderKl {
         let parts = h.chunk(2, 1)?;
         let (mean, logvar) = match parts.as_slice() {
             [m, l] => (m.clone(), l.clone()),
-            _ => {
-                return Err(PipelineError::InvalidInput(
-                    "vae: odd moment channels".into(),
-                ))
-            }
+            _ => return Err(PipelineError::Internal("vae: odd moment channels".into())),
         };
         let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
         Ok((mean, std))

@@ -4,8 +4,9 @@
 use super::error::{parse_json_body, ApiError};
 use super::runpod_routes::with_selected_checkpoint;
 use super::state::{ApiState, JobState};
-use crate::handler::{JobError, JobOutput};
+use crate::error::WorkerError;
 use crate::job::{self, ValidatedJob};
+use crate::protocol::JobOutput;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -20,27 +21,29 @@ type Reply = Result<Json<Value>, ApiError>;
 /// Longest a `txt2img` request waits for its image.
 const TXT2IMG_WAIT: Duration = Duration::from_secs(3600);
 
-/// Maps an A1111 request onto the job schema: `sampler_index` (legacy) fills `sampler_name`,
-/// `override_settings.sd_model_checkpoint` fills `checkpoint`. Other fields pass through (the
-/// validator warns about the ones it ignores).
+/// A1111 request fields that are another job field under an older name (filled in only when
+/// the job field is absent). Every other A1111 field is already a job-schema field (the
+/// validator honours `override_settings` and warns about what it ignores).
+const A1111_RENAMED: &[(&str, &str)] = &[("sampler_index", "sampler_name")];
+
+/// Job fields whose default differs on the A1111 routes (SPEC §2: A1111 concatenates long
+/// prompts).
+const A1111_DEFAULTS: &[(&str, &str)] = &[("prompt_mode", "concat")];
+
+/// Maps an A1111 request onto the job schema with [`A1111_RENAMED`] and [`A1111_DEFAULTS`].
 pub fn a1111_to_input(mut body: Map<String, Value>) -> Map<String, Value> {
-    if body.get("sampler_name").is_none_or(Value::is_null) {
-        if let Some(s) = body.get("sampler_index").cloned() {
-            body.insert("sampler_name".into(), s);
+    for (old, new) in A1111_RENAMED {
+        if let Some(v) = body.remove(*old) {
+            if body.get(*new).is_none_or(Value::is_null) {
+                body.insert((*new).to_string(), v);
+            }
         }
     }
-    if body.get("checkpoint").is_none_or(Value::is_null) {
-        let ckpt = body
-            .get("override_settings")
-            .and_then(|o| o.get("sd_model_checkpoint"))
-            .filter(|v| !v.is_null())
-            .cloned();
-        if let Some(c) = ckpt {
-            body.insert("checkpoint".into(), c);
+    for (field, default) in A1111_DEFAULTS {
+        if body.get(*field).is_none_or(Value::is_null) {
+            body.insert((*field).to_string(), Value::from(*default));
         }
     }
-    body.remove("sampler_index");
-    body.remove("override_settings");
     body
 }
 
@@ -61,13 +64,12 @@ pub async fn txt2img(
         job::validate(&input, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
     let id = state
         .enqueue(validated.clone())
-        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "QUEUE_FULL", e.message))?;
+        .map_err(|e| ApiError::from_job(&e))?;
     match state.wait_final(&id, TXT2IMG_WAIT).await {
         Some(JobState::Completed(out)) => Ok(Json(a1111_reply(&validated, &out))),
         Some(JobState::Failed(e)) => Err(ApiError::from_job(&e)),
-        Some(JobState::Cancelled) => Err(ApiError::from_job(&JobError::new(
-            crate::handler::ErrorCode::Cancelled,
-            "the job was cancelled",
+        Some(JobState::Cancelled) => Err(ApiError::from_job(&WorkerError::Cancelled(
+            "the job was cancelled".into(),
         ))),
         _ => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -81,13 +83,7 @@ pub async fn txt2img(
 pub fn a1111_reply(job: &ValidatedJob, out: &JobOutput) -> Value {
     let r = &job.request;
     let seeds = job.seeds();
-    let infotexts: Vec<String> = seeds
-        .iter()
-        .map(|s| {
-            out.info
-                .replacen(&format!("Seed: {}", r.seed), &format!("Seed: {s}"), 1)
-        })
-        .collect();
+    let infotexts = &out.infotexts;
     let negative = r.negative_prompt.clone().unwrap_or_default();
     let info = json!({
         "prompt": r.prompt,
@@ -101,7 +97,8 @@ pub fn a1111_reply(job: &ValidatedJob, out: &JobOutput) -> Value {
         "subseed_strength": 0,
         "width": r.width,
         "height": r.height,
-        "sampler_name": r.sampler_name,
+        "sampler_name": crate::runtime::SamplerLabels::of(job)
+            .map_or_else(|_| r.sampler_name.clone(), |l| l.sampler),
         "cfg_scale": r.cfg_scale,
         "steps": r.steps,
         "batch_size": r.batch_size,
@@ -172,14 +169,10 @@ pub async fn set_options(
         ));
     };
     if let Some(v) = obj.get("sd_model_checkpoint").filter(|v| !v.is_null()) {
-        // Reuse the job validator so names are checked exactly as in jobs.
-        let probe = json!({"prompt": "", "checkpoint": v});
-        let validated =
-            job::validate(&probe, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
-        if let Some(name) = validated.checkpoint {
-            tracing::info!("default checkpoint switched to {name:?}");
-            state.select_checkpoint(name);
-        }
+        let name =
+            job::checkpoint_name(v, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
+        tracing::info!("default checkpoint switched to {name:?}");
+        state.select_checkpoint(name);
     }
     Ok(Json(Value::Null))
 }

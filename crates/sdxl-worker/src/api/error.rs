@@ -1,6 +1,6 @@
 //! JSON error replies of the local API: every error answer is `{"error": "...", "code": "..."}`.
 
-use crate::handler::{ErrorCode, JobError};
+use crate::error::{ErrorCode, WorkerError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
@@ -35,15 +35,18 @@ impl ApiError {
         Self::new(status, ErrorCode::InvalidInput.as_str(), message)
     }
 
-    /// A job error as an HTTP reply (422 for input problems, 503 for OOM, 500 otherwise).
-    pub fn from_job(e: &JobError) -> Self {
-        let status = match e.code {
+    /// A worker error as an HTTP reply (422 for input problems, 429 for a full queue, 503 for
+    /// OOM, 409 for a cancelled job, 500 otherwise).
+    pub fn from_job(e: &WorkerError) -> Self {
+        let code = e.code();
+        let status = match code {
             ErrorCode::InvalidInput | ErrorCode::UnknownModel => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::OutOfMemory => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Cancelled => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, e.code.as_str(), e.message.clone())
+        Self::new(status, code.as_str(), e.message())
     }
 
     /// Unknown route.

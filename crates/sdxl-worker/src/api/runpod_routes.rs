@@ -45,17 +45,20 @@ fn submit(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Strin
     };
     let input = with_selected_checkpoint(state, input);
     match job::validate(&input, state.handler.catalog()) {
-        Ok(validated) => state
-            .enqueue(validated)
-            .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "QUEUE_FULL", e.message)),
+        Ok(validated) => state.enqueue(validated).map_err(|e| ApiError::from_job(&e)),
         Err(e) => Ok(state.record_failed(e)),
     }
 }
 
-/// Adds the checkpoint chosen through `/sdapi/v1/options` to an input that names none.
+/// Adds the checkpoint chosen through `/sdapi/v1/options` to an input that names none (neither
+/// `checkpoint` nor `override_settings.sd_model_checkpoint`).
 pub(super) fn with_selected_checkpoint(state: &ApiState, mut input: Value) -> Value {
     if let (Some(obj), Some(ckpt)) = (input.as_object_mut(), state.selected_checkpoint()) {
-        if obj.get("checkpoint").is_none_or(Value::is_null) {
+        let overridden = obj
+            .get("override_settings")
+            .and_then(|o| o.get("sd_model_checkpoint"))
+            .is_some_and(|v| !v.is_null());
+        if !overridden && obj.get("checkpoint").is_none_or(Value::is_null) {
             obj.insert("checkpoint".into(), Value::String(ckpt));
         }
     }

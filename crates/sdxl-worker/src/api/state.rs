@@ -1,8 +1,10 @@
 //! Job bookkeeping of the local API: the store of jobs by id, the single background runner that
 //! executes them one at a time, and result expiry.
 
-use crate::handler::{self, CancelFlag, ErrorCode, JobError, JobHandler, JobOutput};
+use crate::error::{ErrorCode, WorkerError};
+use crate::handler::{self, CancelFlag, JobHandler};
 use crate::job::ValidatedJob;
+use crate::protocol::JobOutput;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,7 +48,7 @@ pub enum JobState {
     /// Done.
     Completed(Box<JobOutput>),
     /// Failed (including validation failures).
-    Failed(JobError),
+    Failed(WorkerError),
     /// Cancelled through `/cancel/{id}`.
     Cancelled,
 }
@@ -109,21 +111,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A new job id in the runpod SDK's local style (`test-<uuid-like>`).
-pub fn new_job_id() -> String {
-    let a = crate::job::random_seed();
-    let b = crate::job::random_seed();
-    let c = crate::job::random_seed();
-    let d = crate::job::random_seed();
-    format!(
-        "test-{a:08x}-{:04x}-{:04x}-{:04x}-{:04x}{d:08x}",
-        b >> 16,
-        b & 0xffff,
-        c >> 16,
-        c & 0xffff
-    )
-}
-
 impl ApiState {
     /// Creates the state and starts the background runner (needs a tokio runtime).
     pub fn start(handler: Arc<dyn JobHandler>, config: ApiConfig) -> Arc<Self> {
@@ -161,8 +148,8 @@ impl ApiState {
     }
 
     /// Records a job that failed before it could be queued (validation); returns its id.
-    pub fn record_failed(&self, error: JobError) -> String {
-        let id = new_job_id();
+    pub fn record_failed(&self, error: WorkerError) -> String {
+        let id = crate::ids::new_job_id();
         let now = Instant::now();
         let mut jobs = lock(&self.jobs);
         self.expire(&mut jobs);
@@ -179,9 +166,9 @@ impl ApiState {
         id
     }
 
-    /// Queues a validated job; `Err` when the queue is full.
-    pub fn enqueue(&self, job: ValidatedJob) -> Result<String, JobError> {
-        let id = new_job_id();
+    /// Queues a validated job; `QUEUE_FULL` when the queue is full.
+    pub fn enqueue(&self, job: ValidatedJob) -> Result<String, WorkerError> {
+        let id = crate::ids::new_job_id();
         let mut jobs = lock(&self.jobs);
         self.expire(&mut jobs);
         let queued = jobs
@@ -189,10 +176,7 @@ impl ApiState {
             .filter(|r| *r.state.borrow() == JobState::InQueue)
             .count();
         if queued >= self.config.max_queued {
-            return Err(JobError::new(
-                ErrorCode::Internal,
-                format!("the queue is full ({queued} jobs waiting)"),
-            ));
+            return Err(WorkerError::QueueFull { queued });
         }
         jobs.insert(
             id.clone(),
@@ -210,7 +194,7 @@ impl ApiState {
                 id: id.clone(),
                 job,
             })
-            .map_err(|_| JobError::internal("the job runner has stopped"))?;
+            .map_err(|_| WorkerError::Internal("the job runner has stopped".into()))?;
         Ok(id)
     }
 
@@ -252,8 +236,8 @@ impl ApiState {
                     obj.insert("output".into(), json!(out));
                 }
                 JobState::Failed(e) => {
-                    obj.insert("error".into(), json!(e.message));
-                    obj.insert("output".into(), json!({"code": e.code}));
+                    obj.insert("error".into(), json!(e.message()));
+                    obj.insert("output".into(), json!({"code": e.code()}));
                 }
                 _ => {}
             }
@@ -356,11 +340,11 @@ async fn runner(state: std::sync::Weak<ApiState>, mut rx: mpsc::UnboundedReceive
             handler::run_validated(st2.handler.as_ref(), &job, &progress, &cancel)
         })
         .await
-        .unwrap_or_else(|e| Err(JobError::internal(format!("the job thread failed: {e}"))));
+        .unwrap_or_else(|e| Err(WorkerError::Internal(format!("the job thread failed: {e}"))));
         *lock(&st.current) = None;
         let final_state = match result {
             Ok(out) => JobState::Completed(Box::new(out)),
-            Err(e) if e.code == ErrorCode::Cancelled => JobState::Cancelled,
+            Err(e) if e.code() == ErrorCode::Cancelled => JobState::Cancelled,
             Err(e) => JobState::Failed(e),
         };
         st.set_state(&id, final_state);

@@ -1,6 +1,7 @@
 //! Typed download/cache errors with their SPEC §4 codes. Messages never contain the API key or
 //! query-string values of URLs.
 
+use crate::error::{ErrorCode, WorkerError};
 use std::path::PathBuf;
 
 /// Why a model could not be made available.
@@ -140,10 +141,12 @@ pub enum DownloadError {
 impl DownloadError {
     /// The SPEC §4 error code: `MODEL_INVALID` for files that are there but unusable,
     /// `MODEL_DOWNLOAD_FAILED` for everything that went wrong getting them.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            DownloadError::Invalid { .. } | DownloadError::ShaMismatch { .. } => "MODEL_INVALID",
-            _ => "MODEL_DOWNLOAD_FAILED",
+            DownloadError::Invalid { .. } | DownloadError::ShaMismatch { .. } => {
+                ErrorCode::ModelInvalid
+            }
+            _ => ErrorCode::ModelDownloadFailed,
         }
     }
 
@@ -159,6 +162,15 @@ impl DownloadError {
             what,
             file,
             source,
+        }
+    }
+}
+
+impl From<DownloadError> for WorkerError {
+    fn from(e: DownloadError) -> Self {
+        match e.code() {
+            ErrorCode::ModelInvalid => WorkerError::ModelInvalid(e.to_string()),
+            _ => WorkerError::ModelDownloadFailed(e.to_string()),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! A model-free [`JobHandler`] for tests and protocol development: it walks the steps (reporting
-//! progress and honouring cancellation), then returns small real PNGs with the job's infotext.
+//! progress and honouring cancellation), then returns small real PNGs with the job's infotext,
+//! built exactly as the model runtime builds its output.
 
-use super::{
-    CancelFlag, Catalog, ErrorCode, JobError, JobHandler, JobOutput, LoraSpec, Timings,
-    SPEC_SAMPLERS, SPEC_SCHEDULERS,
-};
+use super::{CancelFlag, JobHandler};
+use crate::catalog::{Catalog, LoraSpec};
+use crate::error::WorkerError;
 use crate::job::ValidatedJob;
-use sdxl_pipeline::output::{encode_image, to_base64, RgbImage};
+use crate::protocol::{JobOutput, Timings};
+use crate::runtime::{output, Rendered, SamplerLabels};
+use sdxl_pipeline::output::RgbImage;
 use std::time::{Duration, Instant};
 
 /// Test stub: no models, deterministic tiny images.
@@ -17,7 +19,7 @@ pub struct StubHandler {
     /// Sleep per denoising step (lets tests observe a running job).
     pub step_delay: Duration,
     /// Fail every job with this error after the steps.
-    pub fail_with: Option<JobError>,
+    pub fail_with: Option<WorkerError>,
     /// Panic inside `handle` (tests that a panic becomes an `INTERNAL` error).
     pub panic: bool,
     /// Side of the square images it returns, in pixels.
@@ -36,27 +38,24 @@ impl Default for StubHandler {
     }
 }
 
-/// The catalog the stub serves: two checkpoints, two LoRAs (one default), SPEC §6 samplers.
+/// The catalog the stub serves: two checkpoints, two LoRAs (one default), the pipeline's samplers.
 pub fn stub_catalog() -> Catalog {
+    let detail = LoraSpec {
+        name: "Detail Tweaker XL".into(),
+        scale: 1.5,
+    };
     Catalog {
         checkpoints: vec!["Stub XL".into(), "Other XL".into()],
         default_checkpoint: Some("Stub XL".into()),
         loras: vec![
-            LoraSpec {
-                name: "Detail Tweaker XL".into(),
-                scale: 1.5,
-            },
+            detail.clone(),
             LoraSpec {
                 name: "Pixel Art XL".into(),
                 scale: 1.0,
             },
         ],
-        default_loras: vec![LoraSpec {
-            name: "Detail Tweaker XL".into(),
-            scale: 1.5,
-        }],
-        samplers: SPEC_SAMPLERS.iter().map(|s| s.to_string()).collect(),
-        schedulers: SPEC_SCHEDULERS.iter().map(|s| s.to_string()).collect(),
+        default_loras: vec![detail],
+        ..Catalog::pipeline_only()
     }
 }
 
@@ -66,7 +65,7 @@ impl JobHandler for StubHandler {
         job: &ValidatedJob,
         progress: &dyn Fn(u32, u32),
         cancel: &CancelFlag,
-    ) -> Result<JobOutput, JobError> {
+    ) -> Result<JobOutput, WorkerError> {
         let start = Instant::now();
         if self.panic {
             panic!("stub handler asked to panic");
@@ -74,7 +73,7 @@ impl JobHandler for StubHandler {
         let total = job.request.steps;
         for step in 1..=total {
             if cancel.is_cancelled() {
-                return Err(JobError::new(ErrorCode::Cancelled, "job cancelled"));
+                return Err(WorkerError::cancelled());
             }
             if !self.step_delay.is_zero() {
                 std::thread::sleep(self.step_delay);
@@ -84,28 +83,27 @@ impl JobHandler for StubHandler {
         if let Some(e) = &self.fail_with {
             return Err(e.clone());
         }
-        let info = job.infotext(0);
         let side = self.image_side.max(1);
-        let mut images = Vec::new();
-        for i in 0..job.request.batch_size {
-            let shade = (job.request.seed.wrapping_add(u64::from(i)) % 251) as u8;
-            let pixels = vec![shade; side as usize * side as usize * 3];
-            let img = RgbImage::new(side, side, pixels)?;
-            let bytes = encode_image(&img, job.output_format, Some(&job.infotext(i)))?;
-            images.push(to_base64(&bytes));
-        }
+        let seeds = job.seeds();
+        let images = seeds
+            .iter()
+            .map(|seed| {
+                let shade = (seed % 251) as u8;
+                RgbImage::new(side, side, vec![shade; side as usize * side as usize * 3])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let images = output::encode_all(job, &SamplerLabels::of(job)?, &images, &seeds)?;
         let total_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Ok(JobOutput {
+        let rendered = Rendered {
             images,
-            parameters: job.parameters(),
-            info,
             warnings: Vec::new(),
             timings: Timings {
                 total_ms,
                 denoise_ms: total_ms,
                 ..Timings::default()
             },
-        })
+        };
+        Ok(rendered.into_job_output(job))
     }
 
     fn catalog(&self) -> &Catalog {

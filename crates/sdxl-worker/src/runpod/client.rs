@@ -2,7 +2,7 @@
 //! the 4xx fallback), stop-channel polls. Wire details follow runpod.md §2–§5 and §12.
 
 use super::config::RunpodConfig;
-use crate::handler::ErrorCode;
+use crate::error::ErrorCode;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -75,11 +75,8 @@ impl RunpodClient {
         &self.cfg
     }
 
-    /// One long-poll take request.
-    pub async fn take(&self) -> TakeReply {
-        let Some(url) = self.cfg.take_request_url(false) else {
-            return TakeReply::Failed("take URL is invalid".into());
-        };
+    /// One long-poll GET (take or stop channel) with the take timeout.
+    async fn long_poll(&self, url: reqwest::Url) -> Polled {
         let reply = self
             .http
             .get(url)
@@ -89,21 +86,33 @@ impl RunpodClient {
             .await;
         let resp = match reply {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return TakeReply::NoJob,
-            Err(e) => return TakeReply::Failed(format!("take request failed: {e}")),
+            Err(e) if e.is_timeout() => return Polled::TimedOut,
+            Err(e) => return Polled::Failed(format!("request failed: {e}")),
         };
-        match resp.status() {
-            StatusCode::NO_CONTENT | StatusCode::BAD_REQUEST => return TakeReply::NoJob,
-            StatusCode::TOO_MANY_REQUESTS => return TakeReply::TooManyRequests,
-            s if !s.is_success() => return TakeReply::Failed(format!("take answered HTTP {s}")),
-            _ => {}
+        let status = resp.status();
+        if status == StatusCode::NO_CONTENT || !status.is_success() {
+            return Polled::Status(status);
         }
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => return TakeReply::NoJob,
-            Err(e) => return TakeReply::Failed(format!("reading the take reply failed: {e}")),
+        match resp.bytes().await {
+            Ok(b) => Polled::Body(b.to_vec()),
+            Err(e) if e.is_timeout() => Polled::TimedOut,
+            Err(e) => Polled::Failed(format!("reading the reply failed: {e}")),
+        }
+    }
+
+    /// One long-poll take request.
+    pub async fn take(&self) -> TakeReply {
+        let Some(url) = self.cfg.take_request_url(false) else {
+            return TakeReply::Failed("take URL is invalid".into());
         };
-        parse_take_body(&body)
+        match self.long_poll(url).await {
+            Polled::TimedOut => TakeReply::NoJob,
+            Polled::Failed(why) => TakeReply::Failed(format!("take {why}")),
+            Polled::Status(StatusCode::NO_CONTENT | StatusCode::BAD_REQUEST) => TakeReply::NoJob,
+            Polled::Status(StatusCode::TOO_MANY_REQUESTS) => TakeReply::TooManyRequests,
+            Polled::Status(s) => TakeReply::Failed(format!("take answered HTTP {s}")),
+            Polled::Body(body) => parse_take_body(&body),
+        }
     }
 
     /// Posts a progress update (one attempt; failures are only logged).
@@ -186,29 +195,32 @@ impl RunpodClient {
 
     /// One stop-channel long-poll.
     pub async fn poll_stop(&self, url: &str) -> StopReply {
-        let reply = self
-            .http
-            .get(url)
-            .header(CONTENT_TYPE, "application/json")
-            .timeout(self.cfg.take_timeout)
-            .send()
-            .await;
-        let resp = match reply {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return StopReply::Nothing,
-            Err(e) => return StopReply::Failed(e.to_string()),
+        let Ok(url) = reqwest::Url::parse(url) else {
+            return StopReply::Failed("stop URL is invalid".into());
         };
-        match resp.status() {
-            StatusCode::NO_CONTENT => StopReply::Nothing,
-            StatusCode::TOO_MANY_REQUESTS => StopReply::TooManyRequests,
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => StopReply::Unsupported,
-            s if !s.is_success() => StopReply::Failed(format!("HTTP {s}")),
-            _ => match resp.bytes().await {
-                Ok(b) => parse_stop_body(&b),
-                Err(e) => StopReply::Failed(e.to_string()),
-            },
+        match self.long_poll(url).await {
+            Polled::TimedOut | Polled::Status(StatusCode::NO_CONTENT) => StopReply::Nothing,
+            Polled::Failed(why) => StopReply::Failed(why),
+            Polled::Status(StatusCode::TOO_MANY_REQUESTS) => StopReply::TooManyRequests,
+            Polled::Status(StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => {
+                StopReply::Unsupported
+            }
+            Polled::Status(s) => StopReply::Failed(format!("HTTP {s}")),
+            Polled::Body(body) => parse_stop_body(&body),
         }
     }
+}
+
+/// What one long-poll GET yielded.
+enum Polled {
+    /// The request or the body timed out (a long poll that ended empty).
+    TimedOut,
+    /// 204 or a non-success status.
+    Status(StatusCode),
+    /// A 2xx body.
+    Body(Vec<u8>),
+    /// A transport error.
+    Failed(String),
 }
 
 /// Parses a 200 take body: a job object or a list of them.
@@ -217,6 +229,9 @@ pub fn parse_take_body(body: &[u8]) -> TakeReply {
         return TakeReply::Failed("take answered 200 with an empty body".into());
     }
     match serde_json::from_slice::<Value>(body) {
+        // `[]` and `{}` carry no job: wait as for 204 (never a hot loop).
+        Ok(Value::Array(jobs)) if jobs.is_empty() => TakeReply::NoJob,
+        Ok(Value::Object(o)) if o.is_empty() => TakeReply::NoJob,
         Ok(Value::Array(jobs)) => TakeReply::Jobs(jobs),
         Ok(job @ Value::Object(_)) => TakeReply::Jobs(vec![job]),
         Ok(other) => TakeReply::Failed(format!(

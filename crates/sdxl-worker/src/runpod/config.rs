@@ -90,7 +90,7 @@ impl RunpodConfig {
         let worker_id = get("RUNPOD_POD_ID").filter(|s| !s.is_empty());
         let pod_known = worker_id.is_some();
         let worker_id =
-            worker_id.unwrap_or_else(|| format!("local-{:08x}", crate::job::random_seed()));
+            worker_id.unwrap_or_else(|| format!("local-{:08x}", crate::ids::random_seed()));
         let take = get("RUNPOD_WEBHOOK_GET_JOB").context("RUNPOD_WEBHOOK_GET_JOB is not set")?;
         let output =
             get("RUNPOD_WEBHOOK_POST_OUTPUT").context("RUNPOD_WEBHOOK_POST_OUTPUT is not set")?;

@@ -2,7 +2,9 @@
 //! (progress posts strictly before exactly one final post).
 
 use super::{Cancels, InProgress, RunpodClient};
-use crate::handler::{self, CancelFlag, ErrorCode, JobError, JobHandler};
+use crate::error::WorkerError;
+use crate::handler::{self, CancelFlag, JobHandler};
+use crate::protocol::{self, JobOutput};
 use crate::{job, logging};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +26,9 @@ enum Outgoing {
     Final(String),
 }
 
-/// Processes one job object from a take reply; returns once its final post is done.
-pub(super) async fn process(ctx: &JobContext, job_obj: Value) {
+/// Processes one job object from a take reply; returns once its final post is done. `false`
+/// when the object has no job id and so could not be answered.
+pub(super) async fn process(ctx: &JobContext, job_obj: Value) -> bool {
     let Some(id) = job_obj
         .get("id")
         .and_then(Value::as_str)
@@ -35,7 +38,7 @@ pub(super) async fn process(ctx: &JobContext, job_obj: Value) {
             "RunPod sent a job without a string `id`; it cannot be answered: {}",
             logging::cut_middle(&job_obj.to_string(), 300)
         );
-        return;
+        return false;
     };
     let seq = ctx.next_seq.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut m) = ctx.in_progress.lock() {
@@ -59,18 +62,14 @@ pub(super) async fn process(ctx: &JobContext, job_obj: Value) {
         if let Err(e) = &result {
             tracing::error!(request_id = %id, "job failed: {e}");
         }
-        let mut text = handler::result_body_text(&result, cfg.refresh_worker);
+        let mut text = protocol::result_body_text(&result, cfg.refresh_worker);
         if text.len() > cfg.max_result_bytes {
-            let e = JobError::new(
-                ErrorCode::ResultTooLarge,
-                format!(
-                    "the result is {} bytes, over the cap of {} bytes (SDXL_MAX_RESULT_BYTES); ask for fewer images, smaller sizes or output_format \"jpeg\"",
-                    text.len(),
-                    cfg.max_result_bytes
-                ),
-            );
+            let e = WorkerError::ResultTooLarge {
+                size: text.len(),
+                cap: cfg.max_result_bytes,
+            };
             tracing::error!(request_id = %id, "{e}");
-            text = handler::result_body_text(&Err(e), cfg.refresh_worker);
+            text = protocol::result_body_text(&Err(e), cfg.refresh_worker);
         }
         let _ = tx.send(Outgoing::Final(text));
     }
@@ -85,6 +84,7 @@ pub(super) async fn process(ctx: &JobContext, job_obj: Value) {
     }
     tracing::info!(request_id = %id, "Finished.");
     logging::set_request_id(None);
+    true
 }
 
 async fn run(
@@ -92,11 +92,11 @@ async fn run(
     job_obj: &Value,
     tx: mpsc::UnboundedSender<Outgoing>,
     cancel: CancelFlag,
-) -> Result<handler::JobOutput, JobError> {
+) -> Result<JobOutput, WorkerError> {
     let input = match job_obj.get("input") {
         None | Some(Value::Null) => {
-            return Err(JobError::invalid_input(
-                "the job has no `input` object (expected {\"input\": {...}})",
+            return Err(WorkerError::InvalidInput(
+                "the job has no `input` object (expected {\"input\": {...}})".into(),
             ))
         }
         Some(input) => input,
@@ -113,7 +113,7 @@ async fn run(
         handler::run_validated(handler.as_ref(), &validated, &progress, &cancel)
     })
     .await;
-    joined.unwrap_or_else(|e| Err(JobError::internal(format!("the job thread failed: {e}"))))
+    joined.unwrap_or_else(|e| Err(WorkerError::Internal(format!("the job thread failed: {e}"))))
 }
 
 /// Posts a job's messages in order: progress (coalesced to the latest when posts lag), then

@@ -1,0 +1,69 @@
+//! The [`Catalog`] of names a job may use (checkpoints, LoRAs, samplers, schedules), filled
+//! from models.toml and the pipeline's sampler table; plain data the validator reads.
+
+use crate::models::ModelsConfig;
+use sdxl_pipeline::sampling::{sampler_names, scheduler_names};
+use serde::{Deserialize, Serialize};
+
+/// One LoRA to apply: a catalog name and its scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    /// Name as listed in the catalog (or, from the `render` CLI, a file path).
+    pub name: String,
+    /// Merge scale (−4..=4).
+    pub scale: f64,
+}
+
+/// The names a job may use; plain data filled from models.toml and the pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Checkpoint names (models.toml `[[checkpoints]]`).
+    pub checkpoints: Vec<String>,
+    /// The checkpoint used when a job names none.
+    pub default_checkpoint: Option<String>,
+    /// LoRA names with their default scales (models.toml `[[loras]]`).
+    pub loras: Vec<LoraSpec>,
+    /// LoRAs applied when a job sends no `loras` field.
+    pub default_loras: Vec<LoraSpec>,
+    /// A1111 sampler names that work (`GET /sdapi/v1/samplers`).
+    pub samplers: Vec<String>,
+    /// Schedule types accepted in the `scheduler` field (lower case).
+    pub schedulers: Vec<String>,
+}
+
+impl Catalog {
+    /// The names jobs may use with the models of `config`.
+    pub fn from_models(config: &ModelsConfig) -> Self {
+        let loras: Vec<LoraSpec> = config
+            .loras
+            .iter()
+            .map(|l| LoraSpec {
+                name: l.name.clone(),
+                scale: l.scale,
+            })
+            .collect();
+        Self {
+            checkpoints: config.checkpoints.iter().map(|c| c.name.clone()).collect(),
+            default_checkpoint: Some(config.default_checkpoint().name.clone()),
+            default_loras: loras.clone(),
+            loras,
+            ..Self::pipeline_only()
+        }
+    }
+
+    /// The sampler and schedule names the pipeline serves, with no models (renders by path).
+    pub fn pipeline_only() -> Self {
+        Self {
+            samplers: sampler_names().into_iter().map(|s| s.name).collect(),
+            schedulers: scheduler_names().into_iter().map(|s| s.name).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The checkpoint a job without `checkpoint` uses.
+    pub fn effective_default_checkpoint(&self) -> Option<&str> {
+        self.default_checkpoint
+            .as_deref()
+            .or_else(|| self.checkpoints.first().map(String::as_str))
+    }
+}
