@@ -1,6 +1,7 @@
 //! The worker side of sdxl-worker: models.toml and the model cache, CivitAI/Hugging Face
 //! downloads, the job schema, the RunPod serverless loop, the local HTTP API, the one-shot test
-//! mode and the `render`/`fetch` CLI commands. Tensors live in `sdxl_pipeline`.
+//! mode, the `render`/`fetch` CLI commands and result upload to an S3-compatible bucket. Tensors
+//! live in `sdxl_pipeline`.
 
 pub mod api;
 pub mod cache;
@@ -16,3 +17,4 @@ pub mod render;
 pub mod runpod;
 pub mod signals;
 pub mod store;
+pub mod upload;
