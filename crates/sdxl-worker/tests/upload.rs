@@ -374,6 +374,35 @@ fn blocking_wrapper_uploads_from_a_plain_thread() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_wrapper_works_inside_another_runtime() {
+    // Where the handler calls it: a blocking thread of the worker's runtime, and (worst case) an
+    // async task of it; the wrapper is also dropped there.
+    let server = S3Server::start();
+    let up =
+        Arc::new(BlockingUploader::new(uploader(&server.path_style_endpoint(), SECRET)).unwrap());
+    let bytes = fake_image(4096, 7);
+    let (up2, bytes2) = (Arc::clone(&up), bytes.clone());
+    let urls = tokio::task::spawn_blocking(move || {
+        up2.upload_images(
+            "from-blocking",
+            &[UploadItem::from_format(bytes2, ImageFormat::Png)],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(fetch(&urls[0]).await.2, bytes);
+    let urls = up
+        .upload_images(
+            "from-async",
+            &[UploadItem::from_format(bytes.clone(), ImageFormat::Png)],
+        )
+        .unwrap();
+    assert_eq!(fetch(&urls[0]).await.2, bytes);
+    drop(up);
+}
+
 #[test]
 fn env_without_a_bucket_endpoint_means_no_upload() {
     // The test process is started without BUCKET_* (CI, cargo test); `from_lookup` covers the

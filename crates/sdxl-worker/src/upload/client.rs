@@ -338,23 +338,37 @@ impl HttpConnector for ResolvingConnector {
     }
 }
 
-/// [`Uploader`] for synchronous callers (the handler's blocking thread, the CLI): owns a
-/// single-threaded tokio runtime that every call runs on, so the connection pool stays valid
-/// between calls. Must not be called from inside an async task.
-#[derive(Debug)]
+/// [`Uploader`] for synchronous callers (the handler's blocking thread, the CLI), like
+/// `store::ModelStore`: owns a one-thread tokio runtime that drives the HTTP client (so its
+/// connection pool stays valid between calls) and runs each upload from a scoped thread, so it can
+/// be called — and dropped — from any thread, including a blocking or async thread of another
+/// runtime (the calling thread blocks until the upload is done).
 pub struct BlockingUploader {
-    runtime: tokio::runtime::Runtime,
+    runtime: Option<tokio::runtime::Runtime>,
     inner: Uploader,
 }
 
+impl fmt::Debug for BlockingUploader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingUploader")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BlockingUploader {
-    /// Wraps an uploader in its own runtime.
+    /// Wraps an uploader with its own runtime (one worker thread, `sdxl-upload`).
     pub fn new(inner: Uploader) -> Result<Self, UploadError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sdxl-upload")
             .enable_all()
             .build()
             .map_err(|e| UploadError::Runtime(e.to_string()))?;
-        Ok(BlockingUploader { runtime, inner })
+        Ok(BlockingUploader {
+            runtime: Some(runtime),
+            inner,
+        })
     }
 
     /// The wrapped uploader.
@@ -368,8 +382,26 @@ impl BlockingUploader {
         job_id: &str,
         images: &[UploadItem],
     ) -> Result<Vec<String>, UploadError> {
-        self.runtime
-            .block_on(self.inner.upload_images(job_id, images))
+        let Some(runtime) = &self.runtime else {
+            return Err(UploadError::Runtime(
+                "the upload runtime is shut down".into(),
+            ));
+        };
+        let fut = self.inner.upload_images(job_id, images);
+        std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(fut))
+                .join()
+                .unwrap_or_else(|_| Err(UploadError::Runtime("the upload thread panicked".into())))
+        })
+    }
+}
+
+impl Drop for BlockingUploader {
+    /// Shuts the runtime down without blocking (a plain drop panics inside an async context).
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
