@@ -280,6 +280,12 @@ async fn wrong_secret_fails_after_retries_and_never_shows_the_secret() {
     };
     assert_eq!(*attempts, 3, "1 attempt + 2 retries");
     assert_eq!(key, "job-denied/0.png");
+    // What the operator needs: the status and the server's error code.
+    let text = err.to_string();
+    assert!(
+        text.contains("403") && text.contains("SignatureDoesNotMatch"),
+        "{text}"
+    );
     // Two backoffs of 20 ms and 40 ms happened.
     assert!(elapsed >= Duration::from_millis(60), "{elapsed:?}");
     assert!(server.keys().is_empty());
