@@ -1,7 +1,8 @@
 //! The worker side of sdxl-worker: models.toml and the model cache, CivitAI/Hugging Face
+//! The worker side of sdxl-worker: models.toml and the model cache, CivitAI/Hugging Face
 //! downloads, the job schema, the model runtime every frontend renders through, the RunPod
-//! serverless loop, the local HTTP API, the one-shot test mode and the `render`/`fetch` CLI
-//! commands. Tensors live in `sdxl_pipeline`.
+//! serverless loop, the local HTTP API, the one-shot test mode, the `render`/`fetch` CLI
+//! commands and result upload to an S3-compatible bucket. Tensors live in `sdxl_pipeline`.
 
 pub mod api;
 pub mod cache;
@@ -22,3 +23,4 @@ pub mod runpod;
 pub mod runtime;
 pub mod signals;
 pub mod store;
+pub mod upload;
