@@ -1,5 +1,4 @@
 //! The worker side of sdxl-worker: models.toml and the model cache, CivitAI/Hugging Face
-//! The worker side of sdxl-worker: models.toml and the model cache, CivitAI/Hugging Face
 //! downloads, the job schema, the model runtime every frontend renders through, the RunPod
 //! serverless loop, the local HTTP API, the one-shot test mode, the `render`/`fetch` CLI
 //! commands and result upload to an S3-compatible bucket. Tensors live in `sdxl_pipeline`.
