@@ -29,6 +29,50 @@ pub struct Catalog {
     pub samplers: Vec<String>,
     /// Schedule types accepted in the `scheduler` field (lower case).
     pub schedulers: Vec<String>,
+    /// Pixel budgets checked at validation.
+    pub budgets: Budgets,
+}
+
+/// Env var: most output pixels of one image.
+pub const MAX_PIXELS_ENV: &str = "SDXL_MAX_PIXELS";
+/// Env var: most output pixels of a whole job (all images).
+pub const MAX_BATCH_PIXELS_ENV: &str = "SDXL_MAX_BATCH_PIXELS";
+
+/// Pixel budgets (SPEC §12): a job over them is refused at validation, before any work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budgets {
+    /// Most pixels of one output image (default 2048×2048).
+    pub max_pixels: u64,
+    /// Most pixels summed over all output images of a job (default 8 × 1024²).
+    pub max_batch_pixels: u64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            max_pixels: 2048 * 2048,
+            max_batch_pixels: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Budgets {
+    /// The defaults, overridden by `SDXL_MAX_PIXELS` / `SDXL_MAX_BATCH_PIXELS`.
+    pub fn from_env() -> Result<Self, crate::error::WorkerError> {
+        let read = |name: &str, default: u64| match std::env::var(name) {
+            Err(_) => Ok(default),
+            Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+                crate::error::WorkerError::InvalidInput(format!(
+                    "{name} must be a whole number of pixels, got {v:?}"
+                ))
+            }),
+        };
+        let d = Self::default();
+        Ok(Self {
+            max_pixels: read(MAX_PIXELS_ENV, d.max_pixels)?,
+            max_batch_pixels: read(MAX_BATCH_PIXELS_ENV, d.max_batch_pixels)?,
+        })
+    }
 }
 
 impl Catalog {

@@ -8,7 +8,7 @@ mod stub;
 
 pub use stub::{stub_catalog, StubHandler};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Budgets, Catalog};
 use crate::error::WorkerError;
 use crate::job::{self, ValidatedJob};
 use crate::protocol::JobOutput;
@@ -109,12 +109,17 @@ pub fn load_handler(models_toml: Option<&Path>) -> anyhow::Result<Arc<dyn JobHan
         tracing::warn!("serving jobs with the test-only stub handler ({STUB_HANDLER_ENV}=1)");
         return Ok(Arc::new(StubHandler {
             step_delay: std::time::Duration::from_millis(step_ms),
+            catalog: Catalog {
+                budgets: Budgets::from_env()?,
+                ..stub_catalog()
+            },
             ..StubHandler::default()
         }));
     }
     let config = crate::models::ModelsConfig::load(models_toml)?;
     let (device, dtype) = runtime::device_from_env()?;
-    let handler = ModelRuntime::new(Some(config), device, dtype)?;
+    let handler =
+        ModelRuntime::new(Some(config), device, dtype)?.with_budgets(Budgets::from_env()?);
     if let Err(e) = handler.preload() {
         tracing::error!(
             code = e.code().as_str(),

@@ -147,6 +147,8 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     let loras = c.loras(catalog);
     let output_format = c.output_format();
 
+    c.pixel_budgets(&catalog.budgets, width, height, batch_size);
+
     let mut warnings = std::mem::take(&mut c.notes);
     let mut unknown: Vec<&str> = obj
         .keys()
@@ -397,6 +399,46 @@ impl<'a> Checker<'a> {
                 self.problem(format!("`{name}` must be a string, got {}", describe(v)));
                 None
             }
+        }
+    }
+
+    /// Output pixels of one image and of the whole job against the budgets (width and height
+    /// default to the request defaults when absent; nothing is checked when one was invalid).
+    fn pixel_budgets(
+        &mut self,
+        budgets: &crate::catalog::Budgets,
+        width: Option<u32>,
+        height: Option<u32>,
+        batch: Option<i64>,
+    ) {
+        // A field that is present but invalid was reported already; no budget guess on it.
+        let invalid = |v: bool, names: &[&str]| {
+            !v && names
+                .iter()
+                .any(|n| self.obj.get(*n).is_some_and(|x| !x.is_null()))
+        };
+        if invalid(width.is_some(), &["width"])
+            || invalid(height.is_some(), &["height"])
+            || invalid(batch.is_some(), &["batch_size", "num_images"])
+        {
+            return;
+        }
+        let d = Txt2ImgRequest::default();
+        let w = u64::from(width.unwrap_or(d.width));
+        let h = u64::from(height.unwrap_or(d.height));
+        let images = batch.map_or(u64::from(d.batch_size), |b| b.unsigned_abs());
+        let per_image = w * h;
+        if per_image > budgets.max_pixels {
+            self.problem(format!(
+                "{w}x{h} is {per_image} pixels per image, over this worker's budget of {} (SDXL_MAX_PIXELS)",
+                budgets.max_pixels
+            ));
+        } else if per_image * images > budgets.max_batch_pixels {
+            self.problem(format!(
+                "{images} images of {w}x{h} are {} pixels, over this worker's budget of {} per job (SDXL_MAX_BATCH_PIXELS)",
+                per_image * images,
+                budgets.max_batch_pixels
+            ));
         }
     }
 

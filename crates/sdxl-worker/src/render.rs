@@ -35,7 +35,9 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
     let is_path = reference.as_deref().is_some_and(|c| Path::new(c).exists());
     let config = runtime::models_for_cli(models_toml, is_path).map_err(tagged)?;
     let (device, dtype) = runtime::choose_device(Some(&args.device), args.dtype.as_deref())?;
-    let runtime = ModelRuntime::new(config, device, dtype).map_err(tagged)?;
+    let runtime = ModelRuntime::new(config, device, dtype)
+        .map_err(tagged)?
+        .with_budgets(crate::catalog::Budgets::from_env().map_err(tagged)?);
 
     let cli = CliOverrides {
         allow_paths: true,

@@ -35,13 +35,24 @@ pub fn in_progress_ids(in_progress: &InProgress) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Requests a graceful stop: the pending take is abandoned, a running job finishes and is posted.
+/// How long a job may still run after the grace period before the loop stops waiting for it
+/// (a job stuck where it cannot see its cancel flag, e.g. in a download).
+pub const HARD_STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Requests a graceful stop: the pending take is abandoned, a running job finishes and is posted;
+/// once the grace period is over the job is cancelled and posted as `CANCELLED`.
 #[derive(Debug, Clone)]
-pub struct Shutdown(Arc<watch::Sender<bool>>);
+pub struct Shutdown {
+    stop: Arc<watch::Sender<bool>>,
+    grace_over: Arc<watch::Sender<bool>>,
+}
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Self(Arc::new(watch::channel(false).0))
+        Self {
+            stop: Arc::new(watch::channel(false).0),
+            grace_over: Arc::new(watch::channel(false).0),
+        }
     }
 }
 
@@ -52,15 +63,28 @@ impl Shutdown {
     }
     /// Triggers the shutdown.
     pub fn trigger(&self) {
-        self.0.send_replace(true);
+        self.stop.send_replace(true);
     }
     /// True once triggered.
     pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
+        *self.stop.borrow()
     }
     /// Resolves once triggered.
     pub async fn wait(&self) {
-        let mut rx = self.0.subscribe();
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+    /// Marks the grace period as over (running jobs are being cancelled).
+    pub fn end_grace(&self) {
+        self.grace_over.send_replace(true);
+    }
+    /// True once the grace period is over.
+    pub fn grace_is_over(&self) -> bool {
+        *self.grace_over.borrow()
+    }
+    /// Resolves once the grace period is over.
+    pub async fn wait_grace_over(&self) {
+        let mut rx = self.grace_over.subscribe();
         let _ = rx.wait_for(|v| *v).await;
     }
 }
@@ -74,17 +98,32 @@ pub fn run_serve(models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
         env!("CARGO_PKG_VERSION"),
         cfg.runpod_version
     );
-    // Models load before the first take and the first ping.
-    let handler = handler::load_handler(models_toml)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let shutdown = Shutdown::new();
-    runtime.block_on(async {
+    let models_toml = models_toml.map(Path::to_path_buf);
+    let served = runtime.block_on(async {
+        // Signals are handled from the start: a SIGTERM while models load (or download) stops
+        // the worker cleanly before it takes any job.
         spawn_signal_listener(shutdown.clone());
+        // Models load before the first take and the first ping.
+        let load =
+            tokio::task::spawn_blocking(move || handler::load_handler(models_toml.as_deref()));
+        let handler = tokio::select! {
+            loaded = load => loaded??,
+            _ = shutdown.wait() => {
+                tracing::info!("stopped while loading models; no job was taken");
+                return Ok(());
+            }
+        };
         serve(cfg, handler, shutdown).await
-    })?;
+    });
+    // A job or load thread stuck past the grace period (e.g. in a download) must not hold the
+    // exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served?;
     tracing::info!("worker stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -116,12 +155,18 @@ pub async fn serve(
             shutdown.clone(),
         ))
     });
+    let grace_task = tokio::spawn(end_grace_after(
+        shutdown.clone(),
+        cfg.shutdown_grace,
+        cancels.clone(),
+    ));
     let ctx = jobs::JobContext {
         client: client.clone(),
         handler,
         in_progress,
         cancels,
         next_seq: Arc::default(),
+        shutdown: shutdown.clone(),
     };
     let mut backoff = cfg.backoff_initial;
     'outer: while !shutdown.is_triggered() {
@@ -178,10 +223,25 @@ pub async fn serve(
     if let Some(t) = stop_task {
         t.abort();
     }
+    grace_task.abort();
     if let Some(h) = heartbeat {
         tokio::task::spawn_blocking(move || h.stop()).await?;
     }
     Ok(())
+}
+
+/// Once a shutdown is triggered, waits `grace`, then ends the grace period and cancels every
+/// running job (each is then posted as `CANCELLED`).
+async fn end_grace_after(shutdown: Shutdown, grace: Duration, cancels: Cancels) {
+    shutdown.wait().await;
+    tokio::time::sleep(grace).await;
+    tracing::warn!("the shutdown grace period of {grace:?} is over: cancelling the running job");
+    shutdown.end_grace();
+    if let Ok(map) = cancels.lock() {
+        for flag in map.values() {
+            flag.cancel();
+        }
+    }
 }
 
 /// Long-polls the stop channel and cancels running jobs it names.

@@ -1,7 +1,26 @@
 //! Process termination signals: RunPod (and `docker stop`) send SIGTERM, a terminal sends SIGINT.
+//! The first one starts a graceful stop; a second one exits the process at once.
 
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C only, off Unix) and logs which one arrived.
+/// Exit code after a second signal (128 + SIGTERM, what a shell reports for a killed process).
+pub const SECOND_SIGNAL_EXIT_CODE: i32 = 143;
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C only, off Unix) and logs which one arrived;
+/// from then on, a second SIGTERM or SIGINT exits the process at once.
 pub async fn termination() {
+    let Some(first) = next_signal().await else {
+        return std::future::pending().await;
+    };
+    tracing::info!("{first}: finishing, then exiting (a second signal exits at once)");
+    tokio::spawn(async {
+        if let Some(second) = next_signal().await {
+            tracing::warn!("{second} again: exiting now");
+            std::process::exit(SECOND_SIGNAL_EXIT_CODE);
+        }
+    });
+}
+
+/// The name of the next termination signal; `None` when handlers cannot be installed.
+async fn next_signal() -> Option<&'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -10,16 +29,16 @@ pub async fn termination() {
             signal(SignalKind::interrupt()),
         ) else {
             tracing::error!("cannot install signal handlers; stopping only when killed");
-            return std::future::pending().await;
+            return None;
         };
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing, then exiting"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing, then exiting"),
+            _ = term.recv() => Some("SIGTERM"),
+            _ = int.recv() => Some("SIGINT"),
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("Ctrl-C: finishing, then exiting");
+        tokio::signal::ctrl_c().await.ok()?;
+        Some("Ctrl-C")
     }
 }

@@ -128,11 +128,15 @@ impl RunpodClient {
         }
     }
 
-    /// Posts the final body with retries on 5xx/transport errors; a 4xx is followed by one
-    /// short error post. Returns whether the original body was accepted.
+    /// Posts the final body, retrying 5xx/transport errors with exponential backoff and jitter
+    /// for up to `result_retry_budget`; a 4xx is followed by one short error post. Returns
+    /// whether the original body was accepted.
     pub async fn post_final(&self, job_id: &str, body: String) -> bool {
-        let attempts = self.cfg.result_retry_delays.len() + 1;
-        for attempt in 0..attempts {
+        let started = std::time::Instant::now();
+        let mut step = self.cfg.result_retry_initial;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             match self.post(job_id, body.clone(), self.cfg.post_timeout).await {
                 PostOutcome::Accepted => return true,
                 PostOutcome::Rejected(status) => {
@@ -156,15 +160,17 @@ impl RunpodClient {
                     return false;
                 }
                 PostOutcome::Retryable(why) => {
-                    tracing::warn!(request_id = %job_id, "posting the result failed ({why}), attempt {}/{attempts}", attempt + 1);
-                    if let Some(delay) = self.cfg.result_retry_delays.get(attempt) {
-                        tokio::time::sleep(*delay).await;
+                    let wait = jittered(step);
+                    if started.elapsed() + wait > self.cfg.result_retry_budget {
+                        tracing::error!(request_id = %job_id, "giving up posting the result after {attempt} attempts over {:?}: {why}", started.elapsed());
+                        return false;
                     }
+                    tracing::warn!(request_id = %job_id, "posting the result failed ({why}), attempt {attempt}; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    step = (step * 2).min(self.cfg.result_retry_max_delay);
                 }
             }
         }
-        tracing::error!(request_id = %job_id, "giving up posting the result after {attempts} attempts");
-        false
     }
 
     async fn post(&self, job_id: &str, body: String, timeout: Duration) -> PostOutcome {
@@ -209,6 +215,12 @@ impl RunpodClient {
             Polled::Body(body) => parse_stop_body(&body),
         }
     }
+}
+
+/// A wait of 50–100 % of `step` (jitter keeps many workers from retrying in lockstep).
+fn jittered(step: Duration) -> Duration {
+    let fraction = 0.5 + 0.5 * (crate::ids::random_seed() as f64 / f64::from(u32::MAX));
+    step.mul_f64(fraction.min(1.0))
 }
 
 /// What one long-poll GET yielded.

@@ -39,8 +39,16 @@ pub struct RunpodConfig {
     pub backoff_max: Duration,
     /// A take that answers "no job" faster than this is followed by a pause (no hot loop).
     pub min_take_interval: Duration,
-    /// Waits between attempts of a final result post (retried on 5xx and connection errors).
-    pub result_retry_delays: Vec<Duration>,
+    /// First wait before retrying a final result post (5xx and connection errors); doubles per
+    /// attempt up to `result_retry_max_delay`, with jitter (each wait is 50–100 % of the step).
+    pub result_retry_initial: Duration,
+    /// Longest wait between result-post attempts.
+    pub result_retry_max_delay: Duration,
+    /// How long a final result keeps being retried (`SDXL_RESULT_RETRY_S`, 300 s).
+    pub result_retry_budget: Duration,
+    /// After SIGTERM, how long the running job may take before it is cancelled and posted as
+    /// `CANCELLED` (`SDXL_SHUTDOWN_GRACE_S`, 20 s).
+    pub shutdown_grace: Duration,
     /// Timeout of one result/progress post.
     pub post_timeout: Duration,
     /// Largest serialized result body; bigger results become `RESULT_TOO_LARGE` errors.
@@ -71,7 +79,10 @@ impl RunpodConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             min_take_interval: Duration::from_millis(500),
-            result_retry_delays: vec![Duration::from_secs(2), Duration::from_secs(3)],
+            result_retry_initial: Duration::from_secs(1),
+            result_retry_max_delay: Duration::from_secs(30),
+            result_retry_budget: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(20),
             post_timeout: Duration::from_secs(120),
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             stop_error_wait: Duration::from_secs(1),
@@ -119,6 +130,12 @@ impl RunpodConfig {
         if let Some(ms) = get("SDXL_TAKE_TIMEOUT_MS").and_then(|v| v.trim().parse::<u64>().ok()) {
             cfg.take_timeout = Duration::from_millis(ms.max(100));
         }
+        if let Some(s) = get("SDXL_RESULT_RETRY_S") {
+            cfg.result_retry_budget = seconds("SDXL_RESULT_RETRY_S", &s)?;
+        }
+        if let Some(s) = get("SDXL_SHUTDOWN_GRACE_S") {
+            cfg.shutdown_grace = seconds("SDXL_SHUTDOWN_GRACE_S", &s)?;
+        }
         cfg.refresh_worker = get("SDXL_REFRESH_WORKER").is_some_and(|v| {
             matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
         });
@@ -152,6 +169,15 @@ impl RunpodConfig {
         }
         Some(url)
     }
+}
+
+/// A whole number of seconds from an environment variable.
+fn seconds(name: &str, value: &str) -> anyhow::Result<Duration> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .with_context(|| format!("{name} is not a whole number of seconds: {value}"))
 }
 
 /// Replaces both `$RUNPOD_POD_ID` and `$ID` with the worker id (take, ping and stop templates).

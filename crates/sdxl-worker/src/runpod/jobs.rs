@@ -1,7 +1,7 @@
 //! Running one taken job: validation, the handler on a blocking thread, and the ordered outbox
 //! (progress posts strictly before exactly one final post).
 
-use super::{Cancels, InProgress, RunpodClient};
+use super::{Cancels, InProgress, RunpodClient, Shutdown, HARD_STOP_MARGIN};
 use crate::error::WorkerError;
 use crate::handler::{self, CancelFlag, JobHandler};
 use crate::protocol::{self, JobOutput};
@@ -18,6 +18,7 @@ pub(super) struct JobContext {
     pub in_progress: InProgress,
     pub cancels: Cancels,
     pub next_seq: Arc<AtomicU64>,
+    pub shutdown: Shutdown,
 }
 
 /// Messages to a job's outbox.
@@ -52,10 +53,20 @@ pub(super) async fn process(ctx: &JobContext, job_obj: Value) -> bool {
     }
 
     let (tx, rx) = mpsc::unbounded_channel();
-    let outbox = tokio::spawn(outbox(ctx.client.clone(), id.clone(), rx));
-    let result = run(ctx, &job_obj, tx.clone(), cancel.clone()).await;
+    let outbox = tokio::spawn(outbox(
+        ctx.client.clone(),
+        id.clone(),
+        rx,
+        ctx.shutdown.clone(),
+    ));
+    let result = tokio::select! {
+        r = run(ctx, &job_obj, tx.clone(), cancel.clone()) => r,
+        _ = hard_stop(&ctx.shutdown) => Err(WorkerError::Cancelled(
+            "the worker is shutting down and the job did not stop within the grace period".into(),
+        )),
+    };
 
-    if cancel.is_cancelled() {
+    if cancel.is_cancelled() && !ctx.shutdown.grace_is_over() {
         tracing::info!(request_id = %id, "job stopped by RunPod; no result is posted");
     } else {
         let cfg = ctx.client.config();
@@ -116,9 +127,21 @@ async fn run(
     joined.unwrap_or_else(|e| Err(WorkerError::Internal(format!("the job thread failed: {e}"))))
 }
 
+/// Resolves `HARD_STOP_MARGIN` after the shutdown grace period is over.
+async fn hard_stop(shutdown: &Shutdown) {
+    shutdown.wait_grace_over().await;
+    tokio::time::sleep(HARD_STOP_MARGIN).await;
+}
+
 /// Posts a job's messages in order: progress (coalesced to the latest when posts lag), then
-/// exactly one final body. Nothing is posted after the final body.
-async fn outbox(client: RunpodClient, id: String, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+/// exactly one final body. Nothing is posted after the final body. During a shutdown, retrying
+/// the final post stops at the hard stop.
+async fn outbox(
+    client: RunpodClient,
+    id: String,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    shutdown: Shutdown,
+) {
     while let Some(msg) = rx.recv().await {
         let mut latest_progress = None;
         let mut final_body = None;
@@ -134,7 +157,12 @@ async fn outbox(client: RunpodClient, id: String, mut rx: mpsc::UnboundedReceive
             }
         }
         if let Some(body) = final_body {
-            client.post_final(&id, body).await;
+            tokio::select! {
+                _ = client.post_final(&id, body) => {}
+                _ = async { shutdown.wait().await; hard_stop(&shutdown).await } => {
+                    tracing::error!(request_id = %id, "shutting down: gave up posting the result");
+                }
+            }
             return;
         }
         if let Some(p) = latest_progress {

@@ -9,6 +9,7 @@ pub mod output;
 pub mod resolve;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -53,6 +54,12 @@ pub fn choose_device(device: Option<&str>, dtype: Option<&str>) -> anyhow::Resul
     Ok((device, dtype))
 }
 
+/// Test-only (debug builds): a job whose prompt is exactly this panics after its first
+/// denoising step, with the model lock held (the fault tests of SPEC §12). Release builds do not
+/// have it.
+#[cfg(debug_assertions)]
+pub const TEST_PANIC_PROMPT: &str = "__sdxl_worker_test_panic__";
+
 /// Env `SDXL_DEVICE` (`cpu`, `cuda`, `cuda:N`) and `SDXL_DTYPE` (`f32`, `f16`, `bf16`), with the
 /// defaults of [`choose_device`].
 pub fn device_from_env() -> anyhow::Result<(Device, DType)> {
@@ -76,6 +83,7 @@ pub struct ModelRuntime {
     device: Device,
     dtype: DType,
     loaded: Mutex<Option<Loaded>>,
+    loads: AtomicU64,
 }
 
 impl ModelRuntime {
@@ -96,7 +104,19 @@ impl ModelRuntime {
             device,
             dtype,
             loaded: Mutex::new(None),
+            loads: AtomicU64::new(0),
         })
+    }
+
+    /// How many times a checkpoint was loaded (a job after a panic reloads it).
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// The runtime with these pixel budgets for the jobs it validates.
+    pub fn with_budgets(mut self, budgets: crate::catalog::Budgets) -> Self {
+        self.catalog.budgets = budgets;
+        self
     }
 
     /// The names jobs may use.
@@ -176,7 +196,13 @@ impl ModelRuntime {
         let lora_started = Instant::now();
         self.merge_loras(loaded, &plan.loras)?;
         load_ms += ms(lora_started);
-        let mut on_step = |p: StepProgress| progress(p.done, p.total);
+        let mut on_step = |p: StepProgress| {
+            #[cfg(debug_assertions)]
+            if job.request.prompt == TEST_PANIC_PROMPT {
+                panic!("test-only panic hook (debug builds)");
+            }
+            progress(p.done, p.total)
+        };
         let out = loaded.model.txt2img(&job.request, &mut on_step, cancel)?;
         let labels = SamplerLabels {
             sampler: out.sampler.clone(),
@@ -243,6 +269,7 @@ impl ModelRuntime {
             prediction: checkpoint.prediction,
         };
         let model = SdxlModel::load(opened, options)?;
+        self.loads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             checkpoint = %checkpoint.label,
             ms = ms(started),

@@ -83,6 +83,8 @@ pub struct Script {
     pub take_default: Option<Reply>,
     /// Reply when the stop script is exhausted (default: 204 after 200 ms).
     pub stop_default: Option<Reply>,
+    /// Until this instant, every final post is answered 503 (a result-post outage).
+    pub done_outage_until: Option<Instant>,
 }
 
 /// The fake server.
@@ -182,7 +184,9 @@ impl FakeRunpod {
         cfg.backoff_initial = Duration::from_millis(200);
         cfg.backoff_max = Duration::from_millis(800);
         cfg.min_take_interval = Duration::from_millis(100);
-        cfg.result_retry_delays = vec![Duration::from_millis(300), Duration::from_millis(500)];
+        cfg.result_retry_initial = Duration::from_millis(600);
+        cfg.result_retry_budget = Duration::from_secs(20);
+        cfg.shutdown_grace = Duration::from_secs(5);
         cfg.post_timeout = Duration::from_secs(10);
         cfg.stop_error_wait = Duration::from_millis(200);
         cfg.stop_unsupported_wait = Duration::from_secs(60);
@@ -220,6 +224,8 @@ async fn handle(
             let progress = String::from_utf8_lossy(&body).contains("\"IN_PROGRESS\"");
             if progress {
                 Reply::status(200)
+            } else if s.done_outage_until.is_some_and(|t| Instant::now() < t) {
+                Reply::status(503)
             } else {
                 s.done.pop_front().unwrap_or_else(|| Reply::status(200))
             }
