@@ -182,11 +182,6 @@ impl Checkpoint {
         &self.configs
     }
 
-    /// True for a single-file checkpoint.
-    pub fn is_single_file(&self) -> bool {
-        self.single_file
-    }
-
     /// Every parameter the checkpoint holds for `component`: diffusers name and shape, sorted.
     pub fn parameter_names(&self, component: Component) -> Vec<(String, Vec<usize>)> {
         self.maps[component.index()]
