@@ -402,7 +402,7 @@ fn lora_set_delta_memory_is_capped() {
     let tight = LoraBudget {
         max_delta_bytes: 3 * one + one / 2,
     };
-    LoraSet::load_with_budget(&[a.clone()], &ckpt, tight).unwrap();
+    LoraSet::load_with_budget(std::slice::from_ref(&a), &ckpt, tight).unwrap();
     let e = LoraSet::load_with_budget(&[a, b], &ckpt, tight).unwrap_err();
     let s = e.to_string();
     assert_eq!(e.kind(), sdxl_pipeline::ErrorKind::ModelInvalid, "{e:?}");
