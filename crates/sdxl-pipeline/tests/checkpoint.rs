@@ -493,3 +493,33 @@ fn bf16_on_the_cpu_is_refused_before_loading() {
         Ok(_) => panic!("bf16 on the CPU must be refused"),
     }
 }
+
+/// A model file that shrinks after it was opened (a network volume losing data): loading reads
+/// with `pread` (on every device; a GPU gets the host buffer copied), so the short read is a
+/// typed I/O error naming the file, not a SIGBUS from a mapped page.
+#[cfg(target_os = "linux")]
+#[test]
+fn file_shrinking_after_open_is_a_typed_io_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("shrinks.safetensors");
+    std::fs::copy(tiny_single(), &path).unwrap();
+    let ckpt = open_single(&path).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = match ckpt.load_unet(DType::F32, &Device::Cpu) {
+        Ok(_) => panic!("loaded a truncated file"),
+        Err(e) => e,
+    };
+    match &err {
+        PipelineError::Io { path: p, source } => {
+            assert_eq!(p, &path);
+            assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+        }
+        other => panic!("not a typed I/O error: {other:?}"),
+    }
+}

@@ -272,3 +272,154 @@ fn non_safetensors_files_are_errors() {
         Err(PipelineError::Io { .. })
     ));
 }
+
+// ---------------------------------------------------------------- budgets (SPEC §12)
+
+/// Peak resident memory of this process so far (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// LoHa and LoKr "bombs": ~1 MB files whose factors, [65536,1]×[1,65536], multiply out to a
+/// 16 GiB f32 delta. They must fail with a typed error naming the file and key before any
+/// product is formed: fast, and with no memory to speak of.
+#[test]
+fn factor_bombs_fail_fast_without_allocating() {
+    let ckpt = ckpt();
+    let dir = tempfile::tempdir().unwrap();
+    const BIG: usize = 65536;
+    let loha = HashMap::from([
+        (format!("{MODULE}.hada_w1_a"), randn(&[BIG, 1])),
+        (format!("{MODULE}.hada_w1_b"), randn(&[1, BIG])),
+        (format!("{MODULE}.hada_w2_a"), randn(&[BIG, 1])),
+        (format!("{MODULE}.hada_w2_b"), randn(&[1, BIG])),
+    ]);
+    let lokr = HashMap::from([
+        (format!("{MODULE}.lokr_w1_a"), randn(&[BIG, 1])),
+        (format!("{MODULE}.lokr_w1_b"), randn(&[1, BIG])),
+        (format!("{MODULE}.lokr_w2"), randn(&[1, 1])),
+    ]);
+    let lokr_w2 = HashMap::from([
+        (format!("{MODULE}.lokr_w1"), randn(&[1, 1])),
+        (format!("{MODULE}.lokr_w2_a"), randn(&[BIG, 1])),
+        (format!("{MODULE}.lokr_w2_b"), randn(&[1, BIG])),
+    ]);
+    let dora = {
+        let mut t = loha.clone();
+        t.insert(format!("{MODULE}.dora_scale"), randn(&[1, BIG]));
+        t
+    };
+    for (name, tensors) in [
+        ("loha_bomb", loha),
+        ("lokr_bomb", lokr),
+        ("lokr_w2_bomb", lokr_w2),
+        ("dora_bomb", dora),
+    ] {
+        let spec = write(dir.path(), name, &tensors);
+        let on_disk = std::fs::metadata(&spec.path).unwrap().len();
+        assert!(on_disk < 2 << 20, "{name}: {on_disk} bytes");
+        let before = peak_rss();
+        let t = std::time::Instant::now();
+        let (e, s) = err_text(spec, &ckpt);
+        let took = t.elapsed();
+        let grew = peak_rss().saturating_sub(before);
+        eprintln!("{name}: refused in {took:?}, peak RSS grew {grew} bytes: {s}");
+        assert_eq!(
+            e.kind(),
+            sdxl_pipeline::ErrorKind::ModelInvalid,
+            "{name}: {e:?}"
+        );
+        assert!(
+            matches!(e, PipelineError::TensorInvalid { .. }),
+            "{name}: {e:?}"
+        );
+        assert!(
+            s.contains(&format!("{name}.safetensors")) && s.contains(MODULE),
+            "{name}: names neither file nor key: {s}"
+        );
+        assert!(
+            s.contains("65536, 65536") && s.contains("does not fit"),
+            "{name}: {s}"
+        );
+        assert!(took < std::time::Duration::from_secs(5), "{name}: {took:?}");
+        assert!(grew < 200 << 20, "{name}: peak RSS grew by {grew} bytes");
+    }
+}
+
+/// A LoHa whose factors do compose to the target's shape, but whose CP core carries a huge
+/// inner rank: its intermediate would dwarf the delta.
+#[test]
+fn oversized_intermediates_are_refused() {
+    let ckpt = ckpt();
+    let (out, inp) = proj_in_shape(&ckpt);
+    let dir = tempfile::tempdir().unwrap();
+    // The core is [1, rank, 1, 1]; each factor's intermediate is [out, rank] (formed twice),
+    // far beyond the [out, inp] delta.
+    let rank = 1 << 16;
+    let mut t = HashMap::new();
+    for w in ["w1", "w2"] {
+        t.insert(format!("{MODULE}.hada_{w}_a"), randn(&[1, out]));
+        t.insert(format!("{MODULE}.hada_{w}_b"), randn(&[rank, inp]));
+    }
+    t.insert(format!("{MODULE}.hada_t1"), randn(&[1, rank, 1, 1]));
+    t.insert(format!("{MODULE}.hada_t2"), randn(&[1, rank, 1, 1]));
+    let before = peak_rss();
+    let (e, s) = err_text(write(dir.path(), "wide_core", &t), &ckpt);
+    let grew = peak_rss().saturating_sub(before);
+    assert_eq!(e.kind(), sdxl_pipeline::ErrorKind::ModelInvalid, "{e:?}");
+    assert!(s.contains("intermediate") && s.contains(MODULE), "{s}");
+    assert!(grew < 200 << 20, "peak RSS grew by {grew} bytes");
+}
+
+/// The summed delta memory of one set is capped; the error names the cap and its env var.
+#[test]
+fn lora_set_delta_memory_is_capped() {
+    use sdxl_pipeline::lora::LoraBudget;
+    let ckpt = ckpt();
+    let (out, inp) = proj_in_shape(&ckpt);
+    let dir = tempfile::tempdir().unwrap();
+    let loha = HashMap::from([
+        (format!("{MODULE}.hada_w1_a"), randn(&[out, 2])),
+        (format!("{MODULE}.hada_w1_b"), randn(&[2, inp])),
+        (format!("{MODULE}.hada_w2_a"), randn(&[out, 2])),
+        (format!("{MODULE}.hada_w2_b"), randn(&[2, inp])),
+    ]);
+    let a = write(dir.path(), "loha_a", &loha);
+    let b = write(dir.path(), "loha_b", &loha);
+    let one = 4 * (out * inp) as u64; // one f32 delta
+                                      // Room for both deltas and the transient factors of one: fine.
+    let roomy = LoraBudget {
+        max_delta_bytes: 5 * one,
+    };
+    LoraSet::load_with_budget(&[a.clone(), b.clone()], &ckpt, roomy).unwrap();
+    // Room for one: the second LoRA is refused, naming it and the cap.
+    let tight = LoraBudget {
+        max_delta_bytes: 3 * one + one / 2,
+    };
+    LoraSet::load_with_budget(std::slice::from_ref(&a), &ckpt, tight).unwrap();
+    let e = LoraSet::load_with_budget(&[a, b], &ckpt, tight).unwrap_err();
+    let s = e.to_string();
+    assert_eq!(e.kind(), sdxl_pipeline::ErrorKind::ModelInvalid, "{e:?}");
+    assert!(
+        s.contains("loha_b") && s.contains("SDXL_MAX_LORA_DELTA_BYTES") && s.contains(MODULE),
+        "{s}"
+    );
+    // Plain LoRAs count their low-rank factors (their full products are formed in row blocks
+    // during the merge and never held).
+    let tiny = LoraBudget {
+        max_delta_bytes: 16,
+    };
+    let e = LoraSet::load_with_budget(
+        &[write(dir.path(), "plain", &good_module(&ckpt))],
+        &ckpt,
+        tiny,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("over the cap"), "{e}");
+}

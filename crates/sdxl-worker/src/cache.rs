@@ -1,6 +1,11 @@
 //! The model cache: turns a models.toml entry into a local, verified file path, downloading it on
 //! first use. Several callers asking for the same file at once share one transfer (in-process
-//! per-file gate plus a lock file against other processes on the same volume).
+//! per-file gate plus an OS file lock, `flock`, against other processes on the same volume).
+//!
+//! A verified sha256 is recorded in a side file (`<file>.sha256` for downloads; under
+//! `<cache>/.verified/` for `path =` and `hf:` files, which are not ours to write next to) that is
+//! written atomically and keyed to the file's size, mtime and inode: a file changed in place no
+//! longer matches its record and is hashed again on its next use.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,19 +17,21 @@
 //! ```
 
 use crate::download::{
-    check_safetensors, sha256_file, DownloadError, DownloadOptions, DownloadProgress,
+    check_safetensors, sha256_file, write_atomic, DownloadError, DownloadOptions, DownloadProgress,
     DownloadRequest, Downloader, FileLock,
 };
 use crate::models::{
     AuthKind, CheckpointEntry, LoraEntry, ModelsConfig, Source, VaeEntry, DEFAULT_HF_FILE,
 };
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How often a process waiting for another process's download polls the lock file.
-const LOCK_POLL: Duration = Duration::from_millis(500);
+/// How often a process waiting for another process's download retries the lock.
+const LOCK_POLL: Duration = Duration::from_millis(200);
 
 /// Anything models.toml lists that the cache can provide.
 pub trait CacheEntry: Send + Sync {
@@ -125,7 +132,7 @@ impl ModelCache {
         progress: &dyn DownloadProgress,
     ) -> Result<CachedFile, DownloadError> {
         match entry.source() {
-            Source::Path(p) => local_file(entry.name(), p).await,
+            Source::Path(p) => self.local_file(entry, p).await,
             Source::Url(url) => self.ensure_url(entry, url, progress).await,
             Source::HuggingFace { repo, path } => {
                 self.ensure_hf(entry, repo, path.as_deref().unwrap_or(DEFAULT_HF_FILE))
@@ -153,7 +160,9 @@ impl ModelCache {
         let gate = self.gate(&dest);
         let _in_process = gate.lock().await;
         if dest.exists() {
-            return verify_cached(entry, &dest).await;
+            if let Some(done) = recorded_ok(entry, &dest) {
+                return Ok(done);
+            }
         }
         tokio::fs::create_dir_all(&self.dir)
             .await
@@ -162,20 +171,14 @@ impl ModelCache {
                 "cannot create cache dir",
                 &self.dir,
             ))?;
+        // Verifying, moving aside and downloading all happen under the lock, so no process
+        // moves aside a file another one has just put in place.
         let lock_path = sibling(&dest, ".lock");
-        let lock = FileLock::acquire(
-            &lock_path,
-            self.downloader.options().stale_lock_after,
-            LOCK_POLL,
-        )
-        .await
-        .map_err(DownloadError::io(
-            name,
-            "cannot create lock file",
-            &lock_path,
-        ))?;
+        let lock = FileLock::acquire(&lock_path, LOCK_POLL)
+            .await
+            .map_err(DownloadError::io(name, "cannot lock", &lock_path))?;
         if dest.exists() {
-            // Another process finished it while we waited for the lock.
+            // Cached before, or another process finished it while we waited for the lock.
             return verify_cached(entry, &dest).await;
         }
         let req = DownloadRequest {
@@ -185,11 +188,9 @@ impl ModelCache {
             sha256: entry.sha256(),
             auth: entry.auth(),
         };
-        let done = self
-            .downloader
-            .download(&req, progress, Some(&lock))
-            .await?;
-        write_sha_sidecar(&dest, &done.sha256, done.bytes);
+        let done = self.downloader.download(&req, progress, &lock).await?;
+        write_sha_record(&sibling(&dest, ".sha256"), &dest, &done.sha256);
+        drop(lock);
         Ok(CachedFile {
             path: done.path,
             bytes: done.bytes,
@@ -238,30 +239,99 @@ impl ModelCache {
             .await
             .map_err(|e| hf_err(scrub(e.to_string())))?;
         let bytes = check_file(name, &path).await?;
+        self.check_foreign_sha(entry, &path).await?;
         Ok(CachedFile { path, bytes })
+    }
+
+    /// A `path =` entry: a diffusers directory is used as is (a `sha256` cannot be checked for
+    /// a directory and is refused); a file must be valid safetensors and match `sha256` when
+    /// given. Never moves or deletes the operator's file.
+    async fn local_file(
+        &self,
+        entry: &dyn CacheEntry,
+        path: &Path,
+    ) -> Result<CachedFile, DownloadError> {
+        let name = entry.name();
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| DownloadError::Invalid {
+                name: name.to_string(),
+                file: path.to_path_buf(),
+                problem: format!("local model path cannot be read: {e}"),
+            })?;
+        if meta.is_dir() {
+            if entry.sha256().is_some() {
+                return Err(DownloadError::Invalid {
+                    name: name.to_string(),
+                    file: path.to_path_buf(),
+                    problem: "models.toml gives a sha256 for a directory (a diffusers layout);                               a sha256 can only be checked for a single file: remove it"
+                        .to_string(),
+                });
+            }
+            return Ok(CachedFile {
+                path: path.to_path_buf(),
+                bytes: 0,
+            });
+        }
+        let bytes = check_file(name, path).await?;
+        self.check_foreign_sha(entry, path).await?;
+        Ok(CachedFile {
+            path: path.to_path_buf(),
+            bytes,
+        })
+    }
+
+    /// Checks `sha256` of a file the cache does not own (`path =`, `hf:`); the verified hash
+    /// is recorded under `<cache>/.verified/`, never next to the file.
+    async fn check_foreign_sha(
+        &self,
+        entry: &dyn CacheEntry,
+        path: &Path,
+    ) -> Result<(), DownloadError> {
+        let Some(expected) = entry.sha256() else {
+            return Ok(());
+        };
+        let name = entry.name();
+        let record = foreign_record_path(&self.dir, path);
+        let got = sha256_with_record(path, &record, true)
+            .await
+            .map_err(DownloadError::io(name, "cannot hash", path))?;
+        if !got.eq_ignore_ascii_case(expected) {
+            return Err(DownloadError::ShaMismatch {
+                name: name.to_string(),
+                file: path.to_path_buf(),
+                expected: expected.to_string(),
+                got,
+            });
+        }
+        Ok(())
     }
 }
 
-/// A `path =` entry: a diffusers directory is used as is; a file must be valid safetensors.
-/// Never moves or deletes the operator's file.
-async fn local_file(name: &str, path: &Path) -> Result<CachedFile, DownloadError> {
-    let meta = tokio::fs::metadata(path)
-        .await
-        .map_err(|e| DownloadError::Invalid {
-            name: name.to_string(),
-            file: path.to_path_buf(),
-            problem: format!("local model path cannot be read: {e}"),
-        })?;
-    if meta.is_dir() {
-        return Ok(CachedFile {
-            path: path.to_path_buf(),
-            bytes: 0,
-        });
+/// `<cache>/.verified/<sha256 of the absolute path>.sha256`.
+fn foreign_record_path(cache_dir: &Path, path: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let key = hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()));
+    cache_dir.join(".verified").join(format!("{key}.sha256"))
+}
+
+/// The fast path for a cached download: a valid record of a verified hash for exactly this
+/// file (size, mtime, inode) that matches models.toml, or no sha256 to check and a sane header.
+fn recorded_ok(entry: &dyn CacheEntry, dest: &Path) -> Option<CachedFile> {
+    let meta = std::fs::metadata(dest).ok()?;
+    if !meta.is_file() {
+        return None;
     }
-    let bytes = check_file(name, path).await?;
-    Ok(CachedFile {
-        path: path.to_path_buf(),
-        bytes,
+    match entry.sha256() {
+        Some(expected) => {
+            let sha = read_sha_record(&sibling(dest, ".sha256"), &meta)?;
+            sha.eq_ignore_ascii_case(expected).then_some(())?;
+        }
+        None => check_safetensors(dest).ok()?,
+    }
+    Some(CachedFile {
+        path: dest.to_path_buf(),
+        bytes: meta.len(),
     })
 }
 
@@ -300,7 +370,7 @@ async fn verify_cached(entry: &dyn CacheEntry, dest: &Path) -> Result<CachedFile
         Err(e) => return Err(e),
     };
     if let Some(expected) = entry.sha256() {
-        let got = cached_sha256(dest, bytes, true)
+        let got = sha256_with_record(dest, &sibling(dest, ".sha256"), true)
             .await
             .map_err(DownloadError::io(name, "cannot hash", dest))?;
         if !got.eq_ignore_ascii_case(expected) {
@@ -343,36 +413,62 @@ pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Records a verified download's sha256 as `<file>.sha256` (`<hex> <size>`), so later checks
-/// and `fetch` need not re-read a multi-GB file.
-fn write_sha_sidecar(dest: &Path, sha: &str, bytes: u64) {
-    let side = sibling(dest, ".sha256");
-    if let Err(e) = std::fs::write(&side, format!("{sha} {bytes}\n")) {
-        tracing::warn!(file = %side.display(), error = %e, "cannot write sha256 sidecar");
+/// What a verified-hash record says: `<sha256> <size> <mtime ns> <inode>`.
+fn sha_record_line(sha: &str, meta: &std::fs::Metadata) -> String {
+    let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+    format!("{sha} {} {mtime_ns} {}\n", meta.len(), meta.ino())
+}
+
+/// Records `file`'s verified sha256 in `record` (atomically), keyed to its current size, mtime
+/// and inode, so later checks and `fetch` need not re-read a multi-GB file, and a file changed
+/// in place is hashed again.
+fn write_sha_record(record: &Path, file: &Path, sha: &str) {
+    let Ok(meta) = std::fs::metadata(file) else {
+        return;
+    };
+    if let Some(dir) = record.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = write_atomic(record, sha_record_line(sha, &meta).as_bytes()) {
+        tracing::warn!(file = %record.display(), error = %e, "cannot write the sha256 record");
     }
 }
 
-/// The file's sha256: from the `<file>.sha256` sidecar when it matches the size, else computed
-/// (and recorded in a sidecar when `record`; never pass `true` for an operator's `path =` file).
-pub async fn cached_sha256(path: &Path, bytes: u64, record: bool) -> std::io::Result<String> {
-    let side = sibling(path, ".sha256");
-    if let Ok(text) = tokio::fs::read_to_string(&side).await {
-        let mut it = text.split_whitespace();
-        if let (Some(sha), Some(size)) = (it.next(), it.next()) {
-            if size.parse::<u64>().ok() == Some(bytes)
-                && sha.len() == 64
-                && sha.bytes().all(|b| b.is_ascii_hexdigit())
-            {
-                return Ok(sha.to_ascii_lowercase());
-            }
-        }
+/// The recorded sha256 when the record matches the file's current size, mtime and inode.
+fn read_sha_record(record: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    let text = std::fs::read_to_string(record).ok()?;
+    let sha = text.split_whitespace().next()?;
+    let valid = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+    (valid && text == sha_record_line(sha, meta)).then(|| sha.to_ascii_lowercase())
+}
+
+/// `path`'s sha256: from `record` when it matches the file exactly, else computed from the
+/// file (and recorded when `save`).
+async fn sha256_with_record(path: &Path, record: &Path, save: bool) -> std::io::Result<String> {
+    let meta = tokio::fs::metadata(path).await?;
+    if let Some(sha) = read_sha_record(record, &meta) {
+        return Ok(sha);
     }
     let p = path.to_path_buf();
     let sha = tokio::task::spawn_blocking(move || sha256_file(&p))
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
-    if record {
-        write_sha_sidecar(path, &sha, bytes);
+    // Record only if the file did not change while it was being read.
+    if save
+        && tokio::fs::metadata(path).await.is_ok_and(|m| {
+            m.len() == meta.len()
+                && m.mtime() == meta.mtime()
+                && m.mtime_nsec() == meta.mtime_nsec()
+        })
+    {
+        write_sha_record(record, path, &sha);
     }
     Ok(sha)
+}
+
+/// The file's sha256: from the `<file>.sha256` record when it matches the file's size, mtime
+/// and inode, else computed (and recorded when `record`; never pass `true` for an operator's
+/// `path =` file).
+pub async fn cached_sha256(path: &Path, _bytes: u64, record: bool) -> std::io::Result<String> {
+    sha256_with_record(path, &sibling(path, ".sha256"), record).await
 }

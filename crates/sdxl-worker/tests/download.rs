@@ -2,7 +2,7 @@
 //! request. No internet, no timing assertions; backoff delays are shrunk to milliseconds.
 
 use sdxl_worker::cache::ModelCache;
-use sdxl_worker::download::{ApiKey, DownloadError, DownloadOptions, DownloadProgress};
+use sdxl_worker::download::{ApiKey, DownloadError, DownloadOptions, DownloadProgress, FileLock};
 use sdxl_worker::models::{AuthKind, LoraEntry, Source};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -106,7 +106,14 @@ struct Server {
 
 impl Server {
     async fn start(script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0", script).await
+    }
+
+    async fn start_on(
+        bind: &str,
+        script: impl Fn(usize, &Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Server {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let script: Script = Arc::new(script);
@@ -275,7 +282,16 @@ async fn plain_download_is_verified_and_renamed() {
     assert!(!fx.part().exists());
     let side =
         std::fs::read_to_string(fx.dir.path().join("cache/test.safetensors.sha256")).unwrap();
-    assert_eq!(side.trim(), format!("{} {}", sha_hex(&body), body.len()));
+    // `<sha256> <size> <mtime ns> <inode>`, written atomically.
+    let fields: Vec<&str> = side.split_whitespace().collect();
+    assert_eq!(fields.len(), 4, "{side}");
+    assert_eq!(fields[0], sha_hex(&body));
+    assert_eq!(fields[1], body.len().to_string());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fields[3],
+        std::fs::metadata(&path).unwrap().ino().to_string()
+    );
     assert_eq!(
         *rec.0.lock().unwrap(),
         vec![
@@ -318,7 +334,9 @@ async fn broken_connection_resumes_with_range() {
 }
 
 #[tokio::test]
-async fn leftover_part_file_from_an_earlier_run_is_resumed() {
+async fn leftover_part_file_without_a_record_of_its_origin_starts_over() {
+    // Resuming a `.part` left by another run needs its recorded URL, ETag and size (see
+    // tests/shared_cache.rs); bytes of unknown origin are discarded.
     let body = safetensors_bytes(BODY_FLOATS);
     let b = body.clone();
     let srv = Server::start(move |_, req| Reply::ranged(req, &b)).await;
@@ -330,7 +348,7 @@ async fn leftover_part_file_from_an_earlier_run_is_resumed() {
     let path = fx.get(&e).await.unwrap();
     let reqs = srv.requests();
     assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0].header("range"), Some("bytes=5000-"));
+    assert_eq!(reqs[0].header("range"), None);
     assert_eq!(std::fs::read(path).unwrap(), body);
 }
 
@@ -691,24 +709,15 @@ async fn local_path_entries_are_checked_but_never_moved() {
 }
 
 #[tokio::test]
-async fn stale_lock_file_from_a_dead_process_is_taken_over() {
+async fn leftover_lock_file_from_a_dead_process_does_not_block() {
+    // A dead holder's flock is gone with it; the file itself means nothing.
     let body = safetensors_bytes(1000);
     let b = body.clone();
     let srv = Server::start(move |_, _| Reply::ok(&b)).await;
-    let fx = fixture(DownloadOptions {
-        stale_lock_after: Duration::from_millis(50),
-        ..fast_opts()
-    });
+    let fx = fixture(fast_opts());
     let lock = fx.dir.path().join("cache/test.safetensors.lock");
     std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
     std::fs::write(&lock, "pid 1").unwrap();
-    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(&lock)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
     let path = fx.get(&entry(&srv.url("/m"))).await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), body);
     assert!(!lock.exists());
@@ -721,18 +730,124 @@ async fn waits_for_another_process_holding_the_lock_and_uses_its_file() {
     let fx = fixture(fast_opts());
     let lock = fx.dir.path().join("cache/test.safetensors.lock");
     std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
-    std::fs::write(&lock, "pid 1").unwrap();
-    // The "other process": finishes the file, then releases the lock.
-    let (dest, lock2, b) = (fx.dest(), lock.clone(), body.clone());
+    // The "other process" (an flock on its own open file, as another process would hold):
+    // finishes the file, then releases the lock.
+    let held = FileLock::acquire(&lock, Duration::from_millis(10))
+        .await
+        .unwrap();
+    let (dest, b) = (fx.dest(), body.clone());
     let other = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         std::fs::write(&dest, &b).unwrap();
-        std::fs::remove_file(&lock2).unwrap();
+        drop(held);
     });
     let path = fx.get(&entry(&srv.url("/m"))).await.unwrap();
     other.await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), body);
     assert_eq!(srv.requests().len(), 0, "no second transfer");
+    assert!(!lock.exists());
+}
+
+#[tokio::test]
+async fn cached_file_changed_in_place_is_reverified_and_refetched() {
+    let body = safetensors_bytes(1000);
+    let b = body.clone();
+    let srv = Server::start(move |_, _| Reply::ok(&b)).await;
+    let fx = fixture(fast_opts());
+    let mut e = entry(&srv.url("/m"));
+    e.sha256 = Some(sha_hex(&body));
+    let path = fx.get(&e).await.unwrap();
+    // Same size, one tensor byte flipped, written in place (same inode).
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(body.len() as u64 - 3)).unwrap();
+        f.write_all(&[body[body.len() - 3] ^ 0xFF]).unwrap();
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), body.len() as u64);
+    let err = fx.get(&e).await.unwrap_err();
+    assert!(matches!(err, DownloadError::ShaMismatch { .. }), "{err:?}");
+    assert_eq!(err.code().as_str(), "MODEL_INVALID");
+    assert_eq!(srv.requests().len(), 1);
+    // Moved aside; the next use downloads a good copy.
+    let path = fx.get(&e).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    assert_eq!(srv.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn sha256_of_a_local_path_source_is_verified() {
+    let fx = fixture(fast_opts());
+    let body = safetensors_bytes(10);
+    let file = fx.dir.path().join("local.safetensors");
+    std::fs::write(&file, &body).unwrap();
+    let mut e = entry("http://unused.invalid/");
+    e.source = Source::Path(file.clone());
+    e.sha256 = Some("0".repeat(64));
+    let err = fx.get(&e).await.unwrap_err();
+    assert!(matches!(err, DownloadError::ShaMismatch { .. }), "{err:?}");
+    assert_eq!(err.code().as_str(), "MODEL_INVALID");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("local.safetensors") && msg.contains(&sha_hex(&body)),
+        "{msg}"
+    );
+    assert!(file.exists(), "the operator's file is never moved");
+    e.sha256 = Some(sha_hex(&body));
+    assert_eq!(fx.get(&e).await.unwrap(), file);
+    // The verified hash is recorded in the cache dir, not next to the operator's file.
+    assert!(!fx.dir.path().join("local.safetensors.sha256").exists());
+    assert!(fx.dir.path().join("cache/.verified").is_dir());
+    // Changed in place (same size): the record no longer applies.
+    let mut changed = body.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(&file, &changed).unwrap();
+    assert_eq!(
+        fx.get(&e).await.unwrap_err().code().as_str(),
+        "MODEL_INVALID"
+    );
+    // A directory cannot be hashed: a sha256 for one is refused.
+    let dir = fx.dir.path().join("diffusers");
+    std::fs::create_dir_all(&dir).unwrap();
+    e.source = Source::Path(dir);
+    let err = fx.get(&e).await.unwrap_err();
+    assert!(err.to_string().contains("directory"), "{err}");
+}
+
+#[tokio::test]
+async fn key_is_never_sent_over_plain_http_to_a_non_loopback_host() {
+    // A local address that is not loopback (the machine's own LAN address); without one the
+    // policy is still covered by the unit test in download/redact.rs.
+    let Some(ip) = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("10.255.255.255:9").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    else {
+        eprintln!("no non-loopback local address; skipped");
+        return;
+    };
+    let srv = Server::start_on("0.0.0.0:0", move |_, req| {
+        match req.header("authorization") {
+            Some(_) => Reply::status(500),
+            None => Reply::status(401),
+        }
+    })
+    .await;
+    let fx = fixture(DownloadOptions {
+        civitai_key: ApiKey::new("sekrit-key-123"),
+        ..fast_opts()
+    });
+    let mut e = entry(&format!("http://{ip}:{}/m", srv.addr.port()));
+    e.auth = Some(AuthKind::Civitai);
+    let err = fx.get(&e).await.unwrap_err();
+    assert!(srv
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization").is_none()));
+    assert!(err.to_string().contains("plain http"), "{err}");
 }
 
 #[tokio::test]
@@ -755,6 +870,12 @@ async fn hugging_face_source_goes_through_hf_hub() {
         path: None,
     };
     let path = fx.get(&e).await.unwrap();
+    // sha256 is checked for hf: sources too.
+    e.sha256 = Some("0".repeat(64));
+    let err = fx.get(&e).await.unwrap_err();
+    assert!(matches!(err, DownloadError::ShaMismatch { .. }), "{err:?}");
+    e.sha256 = Some(sha_hex(&body));
+    assert_eq!(fx.get(&e).await.unwrap(), path);
     std::env::remove_var("HF_ENDPOINT");
     assert_eq!(std::fs::read(&path).unwrap(), body);
     assert!(

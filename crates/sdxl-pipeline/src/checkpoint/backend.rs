@@ -126,6 +126,15 @@ impl ComponentBackend {
             ));
         };
         let bytes = entry.end - entry.start;
+        // A read failure (I/O error, file shorter than its header) is a typed error naming the
+        // file, so loaders report it as such.
+        let io = |e: candle_core::Error| match e {
+            candle_core::Error::Io(source) => self.fail(PipelineError::Io {
+                path: file.path().to_path_buf(),
+                source,
+            }),
+            e => e,
+        };
         let t = match src.transform {
             Transform::Rows { part, parts } => {
                 let block = bytes / parts;
@@ -135,12 +144,18 @@ impl ComponentBackend {
                     (part * block, (part + 1) * block),
                     &src.shape,
                     dev,
-                )?
+                )
+                .map_err(io)?
             }
-            Transform::Identity => file.load_bytes(entry, stored, (0, bytes), &src.shape, dev)?,
-            Transform::Squeeze1x1 => file.load_bytes(entry, stored, (0, bytes), &src.shape, dev)?,
+            Transform::Identity => file
+                .load_bytes(entry, stored, (0, bytes), &src.shape, dev)
+                .map_err(io)?,
+            Transform::Squeeze1x1 => file
+                .load_bytes(entry, stored, (0, bytes), &src.shape, dev)
+                .map_err(io)?,
             Transform::Transpose => file
-                .load_bytes(entry, stored, (0, bytes), &entry.shape, dev)?
+                .load_bytes(entry, stored, (0, bytes), &entry.shape, dev)
+                .map_err(io)?
                 .t()?
                 .contiguous()?,
         };

@@ -158,8 +158,11 @@ impl SafetensorsFile {
     }
 
     /// Copies bytes `[from, to)` of tensor `entry` (relative to its data) into a tensor of `shape`
-    /// on `device`, then tells the kernel the mapped pages are no longer needed by this process
-    /// (they stay in the page cache), so loading does not keep a second resident copy.
+    /// on `device`. On Linux every device is served the same way: `pread` into a fresh host
+    /// buffer, then (for a GPU) one copy to the device, so an I/O error of the model file (a
+    /// network volume going away) is an `Err`, never a SIGBUS from a faulting mapped page.
+    /// Elsewhere (and for dtypes other than f16/bf16/f32/f64) the bytes come from the map, whose
+    /// pages are then released (they stay in the page cache), so loading keeps no second copy.
     pub fn load_bytes(
         &self,
         entry: &TensorEntry,
@@ -170,16 +173,22 @@ impl SafetensorsFile {
     ) -> candle_core::Result<Tensor> {
         let start = entry.start + from;
         let end = entry.start + to;
+        if start > end || end > self.mmap.len() {
+            return Err(candle_core::Error::Msg(
+                "tensor range outside the file".into(),
+            ));
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(t) = self.read_cpu_tensor(start, end, dtype, shape)? {
+            return match device {
+                Device::Cpu => Ok(t),
+                _ => t.to_device(device),
+            };
+        }
         let bytes = self
             .mmap
             .get(start..end)
             .ok_or_else(|| candle_core::Error::Msg("tensor range outside the file".into()))?;
-        #[cfg(target_os = "linux")]
-        if device.is_cpu() {
-            if let Some(t) = self.read_cpu_tensor(start, end, dtype, shape)? {
-                return Ok(t);
-            }
-        }
         let t = match device {
             Device::Cpu => cpu_tensor(bytes, dtype, shape)?,
             _ => Tensor::from_raw_buffer(bytes, dtype, shape, device)?,

@@ -26,6 +26,7 @@ use module::ModuleError;
 pub use deltas::ComponentDeltas;
 use deltas::Term;
 pub use live::{LiveWeights, SwitchOutcome};
+use module::Planned;
 
 /// One LoRA of a request: file, display name and multiplier (A1111 `<lora:name:scale>`).
 #[derive(Debug, Clone, PartialEq)]
@@ -60,15 +61,35 @@ impl LoraSet {
     /// Reads every LoRA of `specs`, resolves its keys against `ckpt` and sums the deltas.
     /// Returns the set and warnings naming every tensor that was not used. A LoRA that matches
     /// nothing, an SD1.x LoRA, a malformed file or a delta whose shape does not fit its weight is
-    /// an error naming the LoRA (and key).
+    /// an error naming the LoRA (and key). The set's delta memory is capped by
+    /// [`LoraBudget::from_env`].
     pub fn load(specs: &[LoraSpec], ckpt: &Checkpoint) -> Result<(Self, Vec<String>)> {
+        Self::load_with_budget(specs, ckpt, LoraBudget::from_env())
+    }
+
+    /// [`Self::load`] with an explicit memory budget. Every module's delta shape is computed from
+    /// its factor shapes and checked against its weight before any product is formed.
+    pub fn load_with_budget(
+        specs: &[LoraSpec],
+        ckpt: &Checkpoint,
+        budget: LoraBudget,
+    ) -> Result<(Self, Vec<String>)> {
         let table = KeyTable::build(ckpt);
         let mut sums: [ComponentDeltas; 4] = Default::default();
         let mut warnings = Vec::new();
         let mut base_vbs: HashMap<usize, candle_nn::VarBuilder<'static>> = HashMap::new();
+        let mut held = 0u64;
         for spec in specs {
             let lora = LoraFile::read(&spec.path)?;
-            let deltas = resolve(spec, &lora, &table, ckpt, &mut base_vbs, &mut warnings)?;
+            let mut ctx = ResolveCtx {
+                table: &table,
+                ckpt,
+                base_vbs: &mut base_vbs,
+                warnings: &mut warnings,
+                budget,
+                held: &mut held,
+            };
+            let deltas = resolve(spec, &lora, &mut ctx)?;
             for (target, term) in deltas {
                 sums[slot(target.component)].add(target.param, target.shape, term);
             }
@@ -110,6 +131,82 @@ impl LoraSet {
     /// True when no parameter is changed.
     pub fn is_empty(&self) -> bool {
         self.deltas.iter().all(|d| d.is_empty())
+    }
+}
+
+/// Env var capping the delta memory of one LoRA set ([`LoraBudget::max_delta_bytes`]).
+pub const MAX_LORA_DELTA_BYTES_ENV: &str = "SDXL_MAX_LORA_DELTA_BYTES";
+
+/// Memory limits of one LoRA set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoraBudget {
+    /// Bytes the set may hold: the f32 deltas materialised at load (LoHa, LoKr, CP, DoRA), the
+    /// f32 low-rank factors of plain LoRAs (their full-size products are formed later in row
+    /// blocks, inside the checkpoint merge, and never held), plus the transient intermediates
+    /// of the module being formed. Default 8 GiB.
+    pub max_delta_bytes: u64,
+}
+
+impl Default for LoraBudget {
+    fn default() -> Self {
+        Self {
+            max_delta_bytes: 8 << 30,
+        }
+    }
+}
+
+impl LoraBudget {
+    /// The default, or `SDXL_MAX_LORA_DELTA_BYTES` when it is a positive integer.
+    pub fn from_env() -> Self {
+        let mut b = Self::default();
+        if let Ok(v) = std::env::var(MAX_LORA_DELTA_BYTES_ENV) {
+            match v.trim().parse::<u64>() {
+                Ok(n) if n > 0 => b.max_delta_bytes = n,
+                _ => tracing::warn!(
+                    value = %v,
+                    "{MAX_LORA_DELTA_BYTES_ENV} is not a positive integer; using the default"
+                ),
+            }
+        }
+        b
+    }
+}
+
+/// A module may allocate, on its way to a delta of `n` elements, at most this many elements in
+/// all: the LoHa formula forms two factors and their product (3n), DoRA three more of its
+/// size; a CP core adds `out · rank · kh · kw` per factor, which for real ranks stays far
+/// below 4n or the 4M-element (16 MB) floor that keeps small layers with large ranks legal.
+fn intermediate_cap(n: usize) -> usize {
+    n.saturating_mul(7).max(1 << 22)
+}
+
+struct ResolveCtx<'a> {
+    table: &'a KeyTable,
+    ckpt: &'a Checkpoint,
+    base_vbs: &'a mut HashMap<usize, candle_nn::VarBuilder<'static>>,
+    warnings: &'a mut Vec<String>,
+    budget: LoraBudget,
+    /// Bytes the set holds so far.
+    held: &'a mut u64,
+}
+
+impl ResolveCtx<'_> {
+    /// Charges `bytes` held by the set, or refuses them naming the LoRA and key.
+    fn charge(&mut self, spec: &LoraSpec, key: &str, bytes: u64, transient: u64) -> Result<()> {
+        let need = self.held.saturating_add(bytes).saturating_add(transient);
+        if need > self.budget.max_delta_bytes {
+            return Err(lora_error(
+                spec,
+                key,
+                format!(
+                    "the LoRA set would need {need} bytes of deltas, over the cap of {} bytes \
+                     (env {MAX_LORA_DELTA_BYTES_ENV}); use fewer or smaller LoRAs",
+                    self.budget.max_delta_bytes
+                ),
+            ));
+        }
+        *self.held = self.held.saturating_add(bytes);
+        Ok(())
     }
 }
 
@@ -176,11 +273,9 @@ fn refuse_non_sdxl(spec: &LoraSpec, lora: &LoraFile) -> Result<()> {
 fn resolve(
     spec: &LoraSpec,
     lora: &LoraFile,
-    table: &KeyTable,
-    ckpt: &Checkpoint,
-    base_vbs: &mut HashMap<usize, candle_nn::VarBuilder<'static>>,
-    warnings: &mut Vec<String>,
+    ctx: &mut ResolveCtx<'_>,
 ) -> Result<Vec<(keys::Target, Term)>> {
+    let (table, ckpt) = (ctx.table, ctx.ckpt);
     refuse_non_sdxl(spec, lora)?;
     if !spec.scale.is_finite() {
         return Err(PipelineError::InvalidInput(format!(
@@ -228,6 +323,8 @@ fn resolve(
                         ),
                     ));
                 }
+                let factor_bytes = 4 * (up.elem_count() as u64 + down.elem_count() as u64);
+                ctx.charge(spec, first_key, factor_bytes, 0)?;
                 unmatched.extend(m.unused_keys(&used));
                 out.push((
                     target.clone(),
@@ -240,6 +337,43 @@ fn resolve(
                 continue;
             }
         }
+        // Shapes first: nothing is multiplied until the result is known to fit its weight and
+        // the budget (a 1 MB LoHa of [65536,1]×[1,65536] factors must not allocate 16 GB).
+        let plan: Planned = m.planned().map_err(|e| module_error(spec, first_key, e))?;
+        let target_elems = target.shape.iter().product::<usize>();
+        if plan.elems != target_elems || plan.shape.first() != target.shape.first() {
+            return Err(lora_error(
+                spec,
+                first_key,
+                format!(
+                    "its factors multiply out to shape {:?}, which does not fit `{}` of shape {:?}",
+                    plan.shape, target.param, target.shape
+                ),
+            ));
+        }
+        let dora_extra = if m.dora_scale().is_some() {
+            3 * target_elems
+        } else {
+            0
+        };
+        let transient = plan.total.saturating_add(dora_extra);
+        if transient > intermediate_cap(target_elems) {
+            return Err(lora_error(
+                spec,
+                first_key,
+                format!(
+                    "its factors would need {transient} intermediate elements for a delta of \
+                     {target_elems} (shape {:?}); refusing a malformed or hostile module",
+                    target.shape
+                ),
+            ));
+        }
+        ctx.charge(
+            spec,
+            first_key,
+            4 * target_elems as u64,
+            4 * (transient as u64).saturating_sub(target_elems as u64),
+        )?;
         let (updown, rank, used) = m.updown().map_err(|e| match e {
             ModuleError::Malformed(r) => lora_error(spec, first_key, r),
             ModuleError::Shapes(r) => {
@@ -279,11 +413,11 @@ fn resolve(
                 ));
             }
             let i = slot(target.component);
-            let vb = match base_vbs.get(&i) {
+            let vb = match ctx.base_vbs.get(&i) {
                 Some(vb) => vb.clone(),
                 None => {
                     let vb = ckpt.var_builder(target.component, DType::F32, &Device::Cpu)?;
-                    base_vbs.insert(i, vb.clone());
+                    ctx.base_vbs.insert(i, vb.clone());
                     vb
                 }
             };
@@ -306,7 +440,7 @@ fn resolve(
     }
     if !unmatched.is_empty() {
         unmatched.sort();
-        warnings.push(format!(
+        ctx.warnings.push(format!(
             "LoRA `{}`: {} key(s) not applied: {}",
             spec.name,
             unmatched.len(),

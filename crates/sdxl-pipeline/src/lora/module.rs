@@ -136,6 +136,93 @@ impl Module {
         Ok(Some((up2, down2, vec!["up", "down", "alpha", "scale"])))
     }
 
+    /// The shape [`Self::updown`] would produce, computed from the factor shapes alone (no
+    /// tensor is touched), and the elements it would allocate on the way (the result included),
+    /// so a file whose factors multiply out to something huge is refused before any product.
+    pub fn planned(&self) -> Result<Planned, ModuleError> {
+        let dims = |role: &str| self.get(role).map(|t| t.dims().to_vec());
+        if self.get("up").is_some() || self.get("down").is_some() {
+            let missing = |what: &str| {
+                ModuleError::Malformed(format!("module has {what} but not its partner"))
+            };
+            let up = dims("up").ok_or_else(|| missing("a down weight"))?;
+            let down = dims("down").ok_or_else(|| missing("an up weight"))?;
+            let out = dim(&up, 0)?;
+            let down_rest = elems(down.get(1..).unwrap_or_default())?;
+            return match dims("mid") {
+                Some(mid) => {
+                    let up_r = dim(&up, 1)?;
+                    if elems(&up)? != mul(out, up_r)? {
+                        return Err(shapes("up", &up, "a [out, rank, 1, 1] factor"));
+                    }
+                    cp_plan(&[out, up_r], &mid, &[dim(&down, 0)?, down_rest])
+                }
+                None => {
+                    let r = dim(&down, 0)?;
+                    if elems(&up)? != mul(out, r)? {
+                        return Err(ModuleError::Shapes(format!(
+                            "up {up:?} and down {down:?} do not share a rank"
+                        )));
+                    }
+                    let mut shape = down.clone();
+                    shape[0] = out;
+                    Planned::new(shape, 0)
+                }
+            };
+        }
+        if self.parts.keys().any(|r| r.starts_with("hada_")) {
+            let need = |r: &str| {
+                dims(r).ok_or_else(|| ModuleError::Malformed(format!("LoHa module lacks `{r}`")))
+            };
+            let f1 = loha_plan(&need("hada_w1_a")?, &need("hada_w1_b")?, dims("hada_t1"))?;
+            let f2 = loha_plan(&need("hada_w2_a")?, &need("hada_w2_b")?, dims("hada_t2"))?;
+            if f1.shape != f2.shape {
+                return Err(ModuleError::Shapes(format!(
+                    "LoHa factors multiply out to {:?} and {:?}, which differ",
+                    f1.shape, f2.shape
+                )));
+            }
+            let extra = f1.total.checked_add(f2.total).ok_or_else(overflow)?;
+            return Planned::new(f1.shape, extra);
+        }
+        if self.parts.keys().any(|r| r.starts_with("lokr_")) {
+            let pair = |a: &str, b: &str| -> Result<Option<Planned>, ModuleError> {
+                match (dims(a), dims(b)) {
+                    (Some(a), Some(b)) => Ok(Some(matmul_plan(&a, &b)?)),
+                    _ => Ok(None),
+                }
+            };
+            let w1 = match dims("lokr_w1") {
+                Some(w) => Planned::new(w, 0)?,
+                None => pair("lokr_w1_a", "lokr_w1_b")?
+                    .ok_or_else(|| ModuleError::Malformed("LoKr module lacks w1".into()))?,
+            };
+            let w2 = match (dims("lokr_w2"), dims("lokr_t2")) {
+                (Some(w), _) => Planned::new(w, 0)?,
+                (None, Some(t2)) => match (dims("lokr_w2_a"), dims("lokr_w2_b")) {
+                    (Some(a), Some(b)) if a.len() == 2 => cp_plan(&[a[1], a[0]], &t2, &b)?,
+                    (Some(a), Some(_)) => return Err(shapes("lokr_w2_a", &a, "a matrix")),
+                    _ => return Err(ModuleError::Malformed("LoKr module lacks w2_a/w2_b".into())),
+                },
+                (None, None) => pair("lokr_w2_a", "lokr_w2_b")?
+                    .ok_or_else(|| ModuleError::Malformed("LoKr module lacks w2".into()))?,
+            };
+            let (a, b) = (&w1.shape, &w2.shape);
+            let (p, q) = (dim(a, 0)?, dim(a, 1)?);
+            if elems(a)? != mul(p, q)? {
+                return Err(shapes("lokr_w1", a, "a [p, q] or [p, q, 1, 1] factor"));
+            }
+            let (m, n) = (dim(b, 0)?, dim(b, 1)?);
+            let mut shape = vec![mul(p, m)?, mul(q, n)?];
+            shape.extend(b.iter().skip(2).copied());
+            let extra = w1.total.checked_add(w2.total).ok_or_else(overflow)?;
+            return Planned::new(shape, extra);
+        }
+        Err(ModuleError::Malformed(
+            "no up/down, LoHa or LoKr weights (unsupported module type)".into(),
+        ))
+    }
+
     /// The un-scaled delta, its rank (for `alpha/rank`; `None` ⇒ scale 1) and the roles used.
     pub fn updown(&self) -> Result<(Tensor, Option<usize>, Vec<&'static str>), ModuleError> {
         let missing =
@@ -247,5 +334,90 @@ impl Module {
     /// The DoRA magnitude, if the module has one.
     pub fn dora_scale(&self) -> Option<&Tensor> {
         self.get("dora_scale")
+    }
+}
+
+/// What forming a module's delta will produce and allocate, known before anything is computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Planned {
+    /// The delta's shape.
+    pub shape: Vec<usize>,
+    /// Elements of the delta.
+    pub elems: usize,
+    /// Elements allocated in all, the delta and every intermediate included.
+    pub total: usize,
+}
+
+impl Planned {
+    fn new(shape: Vec<usize>, extra: usize) -> Result<Self, ModuleError> {
+        let elems = elems(&shape)?;
+        let total = elems.checked_add(extra).ok_or_else(overflow)?;
+        Ok(Self {
+            shape,
+            elems,
+            total,
+        })
+    }
+}
+
+fn overflow() -> ModuleError {
+    ModuleError::Shapes("the factor shapes multiply out past any addressable size".into())
+}
+
+fn mul(a: usize, b: usize) -> Result<usize, ModuleError> {
+    a.checked_mul(b).ok_or_else(overflow)
+}
+
+fn elems(shape: &[usize]) -> Result<usize, ModuleError> {
+    shape.iter().try_fold(1usize, |acc, &d| mul(acc, d))
+}
+
+fn dim(shape: &[usize], i: usize) -> Result<usize, ModuleError> {
+    shape.get(i).copied().ok_or_else(|| {
+        ModuleError::Shapes(format!("factor of shape {shape:?} has no dimension {i}"))
+    })
+}
+
+fn shapes(role: &str, shape: &[usize], want: &str) -> ModuleError {
+    ModuleError::Shapes(format!("`{role}` has shape {shape:?}, expected {want}"))
+}
+
+/// `a [p, r] · b [r, q]` (both matrices) → `[p, q]`.
+fn matmul_plan(a: &[usize], b: &[usize]) -> Result<Planned, ModuleError> {
+    if a.len() != 2 || b.len() != 2 || a[1] != b[0] {
+        return Err(ModuleError::Shapes(format!(
+            "factors {a:?} and {b:?} cannot be multiplied (need [p, r] · [r, q])"
+        )));
+    }
+    Planned::new(vec![a[0], b[1]], 0)
+}
+
+/// [`math::cp_rebuild`]`(left [o, n], core [n, m, kh, kw], right [m, i])` → `[o, i, kh, kw]`;
+/// its intermediate is `[o, m·kh·kw]` (twice: product and transposed copy).
+fn cp_plan(left: &[usize], core: &[usize], right: &[usize]) -> Result<Planned, ModuleError> {
+    let ok = left.len() == 2
+        && core.len() == 4
+        && right.len() == 2
+        && left[1] == core[0]
+        && core[1] == right[0];
+    if !ok {
+        return Err(ModuleError::Shapes(format!(
+            "CP factors {left:?}, core {core:?} and {right:?} do not compose"
+        )));
+    }
+    let inter = elems(&[left[0], core[1], core[2], core[3]])?;
+    Planned::new(vec![left[0], right[1], core[2], core[3]], mul(inter, 2)?)
+}
+
+/// One LoHa factor: `a [r, ..]·b` per [`math::loha_factor`].
+fn loha_plan(a: &[usize], b: &[usize], t: Option<Vec<usize>>) -> Result<Planned, ModuleError> {
+    match t {
+        None => matmul_plan(a, b),
+        Some(t) => {
+            if a.len() != 2 {
+                return Err(shapes("hada_w*_a", a, "a matrix"));
+            }
+            cp_plan(&[a[1], a[0]], &t, b)
+        }
     }
 }

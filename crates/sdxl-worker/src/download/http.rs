@@ -1,9 +1,18 @@
 //! One resumable HTTP(S) download into `<dest>.part`, verified, then renamed onto `<dest>`.
+//!
+//! Only the holder of the download lock ([`FileLock`]) writes the `.part` file. Next to it,
+//! `<dest>.part.meta` (written atomically) records which URL (as a sha256, never the URL itself:
+//! it may carry a token), which strong `ETag` and which total size the partial bytes belong to.
+//! A later holder adopts a leftover `.part` only when all three are known and the URL matches,
+//! and resumes with `Range` + `If-Range: <etag>`, so a file that changed on the server starts
+//! over instead of splicing old and new bytes. The sha256 that gates the rename is of the bytes
+//! on disk: an adopted prefix is hashed from the file, the rest as this process writes it (no
+//! other process writes the file while the lock is held), and the length on disk is checked.
 
 use super::lock::FileLock;
 use super::options::DownloadOptions;
 use super::progress::DownloadProgress;
-use super::redact::{redact_url, scrub, sends_key};
+use super::redact::{redact_url, scrub, sends_key, withheld_for_plain_http};
 use super::verify::{check_safetensors, plausible_prefix};
 use super::DownloadError;
 use crate::models::AuthKind;
@@ -14,13 +23,11 @@ use reqwest::header::{
 use reqwest::{StatusCode, Url};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 
 /// Bytes of a non-model body quoted in errors.
 const SNIPPET_BYTES: usize = 200;
-/// How often the lock file is refreshed while bytes flow.
-const LOCK_TOUCH_EVERY: Duration = Duration::from_secs(5);
 
 /// What to download and where.
 #[derive(Debug, Clone, Copy)]
@@ -63,10 +70,47 @@ struct Part {
     hasher: Sha256,
     total: Option<u64>,
     validator: Option<String>,
+    /// `<dest>.part.meta`.
+    meta_path: PathBuf,
+    /// sha256 of the source URL (what the meta file records instead of the URL).
+    url_sha: String,
+}
+
+/// What `<dest>.part.meta` records about the bytes in `<dest>.part`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct PartMeta {
+    /// sha256 (hex) of the URL the bytes came from.
+    url_sha256: String,
+    /// The server's strong ETag for them.
+    etag: String,
+    /// The full size the server announced.
+    total: u64,
 }
 
 impl Part {
+    /// Records (atomically: temp file + rename) what the partial bytes belong to, when the
+    /// server gave a strong ETag and a size; otherwise removes any old record, so the part can
+    /// only be resumed by this process.
+    fn save_meta(&self) {
+        let _ = std::fs::remove_file(&self.meta_path);
+        let (Some(etag), Some(total)) = (&self.validator, self.total) else {
+            return;
+        };
+        let meta = PartMeta {
+            url_sha256: self.url_sha.clone(),
+            etag: etag.clone(),
+            total,
+        };
+        let Ok(text) = serde_json::to_string(&meta) else {
+            return;
+        };
+        if let Err(e) = write_atomic(&self.meta_path, text.as_bytes()) {
+            tracing::warn!(file = %self.meta_path.display(), error = %e, "cannot record partial download metadata; a later run will start over");
+        }
+    }
+
     async fn reset(&mut self, name: &str) -> Result<(), DownloadError> {
+        let _ = std::fs::remove_file(&self.meta_path);
         let io = DownloadError::io(name, "cannot truncate", &self.path);
         self.out.flush().await.map_err(io)?;
         let f = self.out.get_mut();
@@ -131,21 +175,24 @@ impl Downloader {
         &self.opts
     }
 
-    /// Downloads `req.url` to `req.dest`, resuming an existing `.part`, retrying transient
-    /// failures, verifying size, sha256 (when given) and safetensors structure, then renaming
-    /// atomically. On a verification failure the `.part` is deleted and nothing is at `dest`.
+    /// Downloads `req.url` to `req.dest`, resuming a `.part` whose recorded URL/ETag/size
+    /// match, retrying transient failures, verifying size, sha256 (when given) and safetensors
+    /// structure, then renaming atomically. On a verification failure the `.part` is deleted and
+    /// nothing is at `dest`. `lock` is the held download lock for `dest`: only its holder may
+    /// write the `.part` file.
     pub async fn download(
         &self,
         req: &DownloadRequest<'_>,
         progress: &dyn DownloadProgress,
-        lock: Option<&FileLock>,
+        lock: &FileLock,
     ) -> Result<Downloaded, DownloadError> {
-        let result = self.download_inner(req, progress, lock).await;
+        tracing::debug!(model = req.name, lock = %lock.path().display(), "holding the download lock");
+        let result = self.download_inner(req, progress).await;
         if result.is_err() {
             // Keep a partial file for resuming, but not an empty one.
             let part = part_path(req.dest);
             if std::fs::metadata(&part).is_ok_and(|m| m.len() == 0) {
-                let _ = std::fs::remove_file(&part);
+                remove_part(req);
             }
         }
         result
@@ -155,7 +202,6 @@ impl Downloader {
         &self,
         req: &DownloadRequest<'_>,
         progress: &dyn DownloadProgress,
-        lock: Option<&FileLock>,
     ) -> Result<Downloaded, DownloadError> {
         let shown = redact_url(req.url);
         let original = Url::parse(req.url).map_err(|e| DownloadError::Redirect {
@@ -168,9 +214,7 @@ impl Downloader {
 
         let mut failures = 0u32;
         loop {
-            let outcome = self
-                .attempt(req, &original, &mut part, progress, lock)
-                .await;
+            let outcome = self.attempt(req, &original, &mut part, progress).await;
             let outcome = match outcome {
                 Ok(o) => o,
                 Err(e) => {
@@ -235,11 +279,38 @@ impl Downloader {
             .open(&path)
             .await
             .map_err(DownloadError::io(req.name, "cannot open", &path))?;
-        let existing = file
+        let mut existing = file
             .metadata()
             .await
             .map_err(DownloadError::io(req.name, "cannot stat", &path))?
             .len();
+        let meta_path = meta_path(req.dest);
+        let url_sha = hex::encode(Sha256::digest(req.url.as_bytes()));
+        let mut adopted: Option<PartMeta> = None;
+        if existing > 0 {
+            let meta = std::fs::read(&meta_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<PartMeta>(&b).ok());
+            match meta {
+                Some(m) if m.url_sha256 == url_sha && existing <= m.total => adopted = Some(m),
+                _ => {
+                    tracing::info!(
+                        model = req.name,
+                        file = %path.display(),
+                        "a partial download from an earlier run has no matching record of its URL, ETag and size; starting over"
+                    );
+                    file.set_len(0).await.map_err(DownloadError::io(
+                        req.name,
+                        "cannot truncate",
+                        &path,
+                    ))?;
+                    existing = 0;
+                }
+            }
+        }
+        if adopted.is_none() {
+            let _ = std::fs::remove_file(&meta_path);
+        }
         let mut hasher = Sha256::new();
         if existing > 0 {
             let p = path.clone();
@@ -261,8 +332,10 @@ impl Downloader {
             out: BufWriter::with_capacity(4 << 20, file),
             written: existing,
             hasher,
-            total: None,
-            validator: None,
+            total: adopted.as_ref().map(|m| m.total),
+            validator: adopted.map(|m| m.etag),
+            meta_path,
+            url_sha,
         })
     }
 
@@ -273,7 +346,6 @@ impl Downloader {
         original: &Url,
         part: &mut Part,
         progress: &dyn DownloadProgress,
-        lock: Option<&FileLock>,
     ) -> Result<Attempt, DownloadError> {
         let key = self.opts.civitai_key.as_ref();
         let secret = key.map(|k| k.expose());
@@ -294,6 +366,12 @@ impl Downloader {
                 if sends_key(original, &url, req.auth) {
                     rb = rb.bearer_auth(k.expose());
                     key_sent = true;
+                } else if withheld_for_plain_http(original, &url, req.auth) {
+                    tracing::warn!(
+                        model = req.name,
+                        url = %redact_url(url.as_str()),
+                        "CIVITAI_API_KEY is not sent over plain http to a non-loopback host; use an https URL"
+                    );
                 }
             }
             let resp = match rb.send().await {
@@ -335,10 +413,12 @@ impl Downloader {
         match status {
             StatusCode::OK => {
                 if part.written > 0 {
-                    tracing::info!(model = req.name, "server ignored the Range request; restarting from byte 0");
+                    tracing::info!(model = req.name, "server sent the whole file (it ignored the Range, or the file changed: If-Range); restarting from byte 0");
                     part.reset(req.name).await?;
                 }
                 part.total = header_u64(resp.headers(), CONTENT_LENGTH.as_str());
+                part.validator = strong_etag(resp.headers());
+                part.save_meta();
             }
             StatusCode::PARTIAL_CONTENT => {
                 let range = resp
@@ -346,6 +426,24 @@ impl Downloader {
                     .get(CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_content_range);
+                let etag = strong_etag(resp.headers());
+                let same_file = match (&part.validator, &etag) {
+                    (Some(saved), Some(now)) => saved == now,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                let same_size = match (range.and_then(|r| r.1), part.total) {
+                    (Some(now), Some(saved)) => now == saved,
+                    _ => true,
+                };
+                if !same_file || !same_size {
+                    part.reset(req.name).await?;
+                    return Ok(Attempt::Retry {
+                        reason: "the file on the server changed (ETag or size) since the partial download; restarting".into(),
+                        retry_after: None,
+                        progressed: false,
+                    });
+                }
                 match range {
                     Some((start, total)) if start == part.written => {
                         part.total = total.or(part.total);
@@ -381,6 +479,8 @@ impl Downloader {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 let hint = if key.is_none() {
                     "this download needs a CivitAI API key: set CIVITAI_API_KEY (civitai.com → Account settings → API Keys)".to_string()
+                } else if !key_sent && withheld_for_plain_http(original, &url, req.auth) {
+                    "CIVITAI_API_KEY is never sent over plain http (except to loopback); use an https URL".to_string()
                 } else if !key_sent {
                     "the server wants credentials, but CIVITAI_API_KEY is only sent to civitai.com or to entries with auth = \"civitai\"".to_string()
                 } else {
@@ -430,14 +530,6 @@ impl Downloader {
                 });
             }
         }
-        if let Some(etag) = resp
-            .headers()
-            .get(ETAG)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.starts_with("W/"))
-        {
-            part.validator = Some(etag.to_string());
-        }
         let content_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -452,7 +544,6 @@ impl Downloader {
             part,
             start_written,
             progress,
-            lock,
         )
         .await
     }
@@ -467,7 +558,6 @@ impl Downloader {
         part: &mut Part,
         start_written: u64,
         progress: &dyn DownloadProgress,
-        lock: Option<&FileLock>,
     ) -> Result<Attempt, DownloadError> {
         let secret = self.opts.civitai_key.as_ref().map(|k| k.expose());
         let textual = content_type.starts_with("text/")
@@ -476,7 +566,6 @@ impl Downloader {
         // A fresh file must start like safetensors; hold its first bytes until that is known.
         let mut head: Option<Vec<u8>> = (part.written == 0 || textual).then(Vec::new);
         progress.started(req.name, part.total, part.written);
-        let mut last_touch = Instant::now();
         loop {
             let chunk = match resp.chunk().await {
                 Ok(Some(c)) => c,
@@ -510,12 +599,6 @@ impl Downloader {
                 None => part.write(req.name, &chunk).await?,
             }
             progress.advanced(req.name, part.written, part.total);
-            if let Some(l) = lock {
-                if last_touch.elapsed() >= LOCK_TOUCH_EVERY {
-                    l.touch();
-                    last_touch = Instant::now();
-                }
-            }
         }
         if let Some(h) = head.take() {
             self.check_head(req, shown, content_type, &h, textual, secret)?;
@@ -604,6 +687,18 @@ impl Downloader {
         let bytes = part.written;
         let part_path = part.path.clone();
         drop(part);
+        let on_disk = tokio::fs::metadata(&part_path)
+            .await
+            .map_err(DownloadError::io(req.name, "cannot stat", &part_path))?
+            .len();
+        if on_disk != bytes {
+            remove_part(req);
+            return Err(DownloadError::SizeMismatch {
+                name: req.name.to_string(),
+                got: on_disk,
+                expected: bytes,
+            });
+        }
         if let Some(expected) = req.sha256 {
             if !expected.eq_ignore_ascii_case(&sha) {
                 remove_part(req);
@@ -631,6 +726,7 @@ impl Downloader {
         tokio::fs::rename(&part_path, req.dest)
             .await
             .map_err(DownloadError::io(req.name, "cannot rename into", req.dest))?;
+        let _ = std::fs::remove_file(meta_path(req.dest));
         progress.finished(req.name, req.dest, bytes);
         Ok(Downloaded {
             path: req.dest.to_path_buf(),
@@ -647,7 +743,50 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `<dest>.part.meta`.
+pub(crate) fn meta_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".part.meta");
+    PathBuf::from(s)
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory (unique to this
+/// process and call), synced, then renamed over `path`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".tmp{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The response's strong `ETag` (weak ones cannot validate byte ranges).
+fn strong_etag(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && !v.starts_with("W/"))
+        .map(str::to_string)
+}
+
 fn remove_part(req: &DownloadRequest<'_>) {
+    let _ = std::fs::remove_file(meta_path(req.dest));
     let p = part_path(req.dest);
     if let Err(e) = std::fs::remove_file(&p) {
         if e.kind() != std::io::ErrorKind::NotFound {

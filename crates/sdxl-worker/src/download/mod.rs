@@ -1,4 +1,5 @@
-//! Downloading model files over HTTP(S): resumable streaming into `<file>.part`, size and sha256
+//! Downloading model files over HTTP(S): resumable streaming into `<file>.part` by the holder of
+//! an OS file lock (`flock`), size and sha256
 //! verification, retries with backoff, manual redirects that never carry `CIVITAI_API_KEY` to
 //! another host, and safetensors sanity checks (SPEC §9, §12).
 
@@ -11,6 +12,7 @@ mod redact;
 mod verify;
 
 pub use error::DownloadError;
+pub(crate) use http::write_atomic;
 pub use http::{DownloadRequest, Downloaded, Downloader};
 pub use lock::FileLock;
 pub use options::{ApiKey, DownloadOptions, CIVITAI_API_KEY_ENV, MAX_DOWNLOAD_BYTES_ENV};

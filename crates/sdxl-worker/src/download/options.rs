@@ -59,8 +59,6 @@ pub struct DownloadOptions {
     pub max_redirects: u32,
     /// Minimum interval between progress log events.
     pub progress_interval: Duration,
-    /// How long a lock file may go untouched before it is considered stale.
-    pub stale_lock_after: Duration,
     /// `CIVITAI_API_KEY`.
     pub civitai_key: Option<ApiKey>,
 }
@@ -77,7 +75,6 @@ impl Default for DownloadOptions {
             read_timeout: Duration::from_secs(60),
             max_redirects: 10,
             progress_interval: Duration::from_secs(2),
-            stale_lock_after: Duration::from_secs(120),
             civitai_key: None,
         }
     }

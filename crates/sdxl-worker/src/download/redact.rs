@@ -33,13 +33,46 @@ fn origin(u: &Url) -> (String, Option<String>, Option<u16>) {
     )
 }
 
+/// Whether the URL's host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`): plain
+/// http there never leaves the machine (tests, a local mirror).
+fn is_loopback(u: &Url) -> bool {
+    let Some(host) = u.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let d = host.trim_end_matches('.').to_ascii_lowercase();
+    d == "localhost" || d.ends_with(".localhost")
+}
+
+/// Whether the transport protects the key: https, or http to a loopback address.
+fn secure_transport(u: &Url) -> bool {
+    u.scheme() == "https" || (u.scheme() == "http" && is_loopback(u))
+}
+
 /// Whether a request to `current` (reached from the entry's `original` URL, maybe via redirects)
-/// may carry `CIVITAI_API_KEY`: only while still on the original origin, and only when that is a
-/// civitai.com host or the entry says `auth = "civitai"`; never with `auth = "none"`.
+/// may carry `CIVITAI_API_KEY`: only over https (plain http only to loopback, for tests), only
+/// while still on the original origin, and only when that is a civitai.com host or the entry
+/// says `auth = "civitai"`; never with `auth = "none"`.
 pub fn sends_key(original: &Url, current: &Url, auth: Option<AuthKind>) -> bool {
-    if origin(original) != origin(current) {
+    if origin(original) != origin(current) || !secure_transport(current) {
         return false;
     }
+    wants_key(current, auth)
+}
+
+/// Whether the key would have gone to `current` but for plain http to a non-loopback host.
+pub(crate) fn withheld_for_plain_http(
+    original: &Url,
+    current: &Url,
+    auth: Option<AuthKind>,
+) -> bool {
+    origin(original) == origin(current) && !secure_transport(current) && wants_key(current, auth)
+}
+
+fn wants_key(current: &Url, auth: Option<AuthKind>) -> bool {
     match auth {
         Some(AuthKind::Civitai) => true,
         Some(AuthKind::None) => false,
@@ -83,5 +116,39 @@ mod tests {
         assert!(!sends_key(&mirror, &other_port, Some(AuthKind::Civitai)));
         let fake = Url::parse("https://civitai.com.evil.example/x").unwrap();
         assert!(!sends_key(&fake, &fake, None));
+    }
+
+    #[test]
+    fn key_only_over_https_or_loopback_http() {
+        let civ_http = Url::parse("http://civitai.com/api/download/models/1").unwrap();
+        assert!(!sends_key(&civ_http, &civ_http, None));
+        assert!(withheld_for_plain_http(&civ_http, &civ_http, None));
+        let mirror_http = Url::parse("http://mirror.example/x").unwrap();
+        assert!(!sends_key(
+            &mirror_http,
+            &mirror_http,
+            Some(AuthKind::Civitai)
+        ));
+        let lan = Url::parse("http://192.168.1.5:8080/x").unwrap();
+        assert!(!sends_key(&lan, &lan, Some(AuthKind::Civitai)));
+        let mirror_https = Url::parse("https://mirror.example/x").unwrap();
+        assert!(sends_key(
+            &mirror_https,
+            &mirror_https,
+            Some(AuthKind::Civitai)
+        ));
+        for lo in [
+            "http://127.0.0.1:9/x",
+            "http://127.8.0.1:9/x",
+            "http://[::1]:9/x",
+            "http://localhost:9/x",
+        ] {
+            let u = Url::parse(lo).unwrap();
+            assert!(sends_key(&u, &u, Some(AuthKind::Civitai)), "{lo}");
+            assert!(!withheld_for_plain_http(&u, &u, Some(AuthKind::Civitai)));
+        }
+        // https → http redirect on the same host: different origin, no key either way.
+        let civ = Url::parse("https://civitai.com/a").unwrap();
+        assert!(!sends_key(&civ, &civ_http, None));
     }
 }
