@@ -1,0 +1,241 @@
+//! Building blocks shared by the UNet and the VAE: a GroupNorm on candle's fused layer-norm op
+//! (+ SiLU) and the diffusers `ResnetBlock2D` on top of it.
+//!
+//! GroupNorm over `[B, C, H, W]` is a layer norm over the last axis of `[B, G, C/G·H·W]` followed by
+//! the per-channel affine. candle's `layer_norm` op (CPU and CUDA kernels, tested in candle) does
+//! the statistics and the normalisation in one pass with f32 accumulation for every dtype, so the
+//! norm costs one kernel + the affine (two broadcast ops) instead of ~13 ops with f32 temporaries.
+//! Weights are kept as views of the tensors the `VarBuilder` returned, so in-place LoRA switches
+//! (`LiveWeights`) reach them.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::{DType, DeviceLocation, Module, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+/// Largest normalised row (elements) whose unit scale / zero shift are cached between calls;
+/// longer rows (the VAE's full-resolution levels) allocate them per call.
+const CACHE_MAX_ROW: usize = 1 << 20;
+
+type UnitKey = (usize, DType, DeviceLocation);
+
+/// `(ones, zeros)` of length `n` in `dtype` on `device`: the identity affine of the layer-norm op.
+fn unit_affine(n: usize, like: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let make = || -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            Tensor::ones(n, like.dtype(), like.device())?,
+            Tensor::zeros(n, like.dtype(), like.device())?,
+        ))
+    };
+    if n > CACHE_MAX_ROW {
+        return make();
+    }
+    static CACHE: OnceLock<Mutex<HashMap<UnitKey, (Tensor, Tensor)>>> = OnceLock::new();
+    let key = (n, like.dtype(), like.device().location());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let unit = make()?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, unit.clone());
+    }
+    Ok(unit)
+}
+
+/// GroupNorm (diffusers names `weight`, `bias`) through candle's fused layer-norm op.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupNorm {
+    /// `[1, C, 1, 1]` views of the loaded `[C]` parameters.
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    groups: usize,
+    channels: usize,
+}
+
+impl GroupNorm {
+    pub fn new(
+        groups: usize,
+        channels: usize,
+        eps: f64,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            candle_core::bail!("GroupNorm: {channels} channels do not split into {groups} groups");
+        }
+        let weight = vb.get(channels, "weight")?.reshape((1, channels, 1, 1))?;
+        let bias = vb.get(channels, "bias")?.reshape((1, channels, 1, 1))?;
+        Ok(Self {
+            weight,
+            bias,
+            eps,
+            groups,
+            channels,
+        })
+    }
+
+    /// Normalised `x` before the affine, in `x`'s dtype (statistics in f32).
+    fn normalize(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() < 3 || dims[1] != self.channels {
+            candle_core::bail!(
+                "GroupNorm: input {dims:?}, expected [B, {}, ...]",
+                self.channels
+            );
+        }
+        let row = x.elem_count() / (dims[0] * self.groups);
+        let grouped = x.reshape((dims[0], self.groups, row))?;
+        let (ones, zeros) = unit_affine(row, x)?;
+        candle_nn::ops::layer_norm(&grouped, &ones, &zeros, self.eps as f32)?.reshape(dims)
+    }
+
+    /// `GroupNorm(x)` for `x` [B, C, ...] (4-D: the per-channel affine broadcasts over H, W).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let n = self.normalize(x)?;
+        let (w, b) = self.affine_for(x)?;
+        n.broadcast_mul(&w)?.broadcast_add(&b)
+    }
+
+    /// `SiLU(GroupNorm(x))`.
+    pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::silu(&self.forward(x)?)
+    }
+
+    fn affine_for(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        if x.rank() == 4 {
+            return Ok((self.weight.clone(), self.bias.clone()));
+        }
+        let mut dims = vec![1; x.rank()];
+        dims[1] = self.channels;
+        Ok((
+            self.weight.reshape(dims.as_slice())?,
+            self.bias.reshape(dims.as_slice())?,
+        ))
+    }
+}
+
+/// diffusers `ResnetBlock2D` (names `norm1`, `conv1`, `time_emb_proj`, `norm2`, `conv2`,
+/// `conv_shortcut`): the same ops as candle-transformers' block, minus the division by an output
+/// scale factor of 1 and with SiLU(temb) computed once per call by the caller.
+#[derive(Debug)]
+pub(crate) struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    time_emb_proj: Option<Linear>,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+/// Shape of one [`ResnetBlock`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResnetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+    pub output_scale_factor: f64,
+}
+
+impl ResnetBlock {
+    pub fn new(vb: VarBuilder, cfg: ResnetConfig) -> candle_core::Result<Self> {
+        let (inp, out) = (cfg.in_channels, cfg.out_channels);
+        let conv3 = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv_shortcut = if inp != out {
+            Some(candle_nn::conv2d(
+                inp,
+                out,
+                1,
+                Default::default(),
+                vb.pp("conv_shortcut"),
+            )?)
+        } else {
+            None
+        };
+        let time_emb_proj = match cfg.temb_channels {
+            Some(t) => Some(candle_nn::linear(t, out, vb.pp("time_emb_proj"))?),
+            None => None,
+        };
+        Ok(Self {
+            norm1: GroupNorm::new(cfg.groups, inp, cfg.eps, vb.pp("norm1"))?,
+            conv1: candle_nn::conv2d(inp, out, 3, conv3, vb.pp("conv1"))?,
+            norm2: GroupNorm::new(cfg.groups, out, cfg.eps, vb.pp("norm2"))?,
+            conv2: candle_nn::conv2d(out, out, 3, conv3, vb.pp("conv2"))?,
+            time_emb_proj,
+            conv_shortcut,
+            output_scale_factor: cfg.output_scale_factor,
+        })
+    }
+
+    /// `x` [B, C, H, W]; `temb_silu` = SiLU(time embedding) [B, T] (ignored without `time_emb_proj`).
+    pub fn forward(&self, x: &Tensor, temb_silu: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = match (temb_silu, &self.time_emb_proj) {
+            (Some(t), Some(proj)) => proj
+                .forward(t)?
+                .unsqueeze(D::Minus1)?
+                .unsqueeze(D::Minus1)?
+                .broadcast_add(&h)?,
+            _ => h,
+        };
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let out = (shortcut + h)?;
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_group_norm_matches_candle_group_norm() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let ours = GroupNorm::new(4, 8, 1e-6, vb.pp("gn")).unwrap();
+        let w = Tensor::randn(0f32, 1.0, 8, &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 8, &dev).unwrap();
+        let ours = GroupNorm {
+            weight: w.reshape((1, 8, 1, 1)).unwrap(),
+            bias: b.reshape((1, 8, 1, 1)).unwrap(),
+            ..ours
+        };
+        let theirs = candle_nn::GroupNorm::new(w, b, 8, 4, 1e-6).unwrap();
+        let x = (Tensor::randn(0f32, 3.0, (2, 8, 5, 7), &dev).unwrap() + 1.5).unwrap();
+        let d = max_abs_diff(&ours.forward(&x).unwrap(), &theirs.forward(&x).unwrap());
+        assert!(d < 1e-5, "max abs diff {d}");
+        let s = candle_nn::ops::silu(&theirs.forward(&x).unwrap()).unwrap();
+        assert!(max_abs_diff(&ours.forward_silu(&x).unwrap(), &s) < 1e-5);
+    }
+}
