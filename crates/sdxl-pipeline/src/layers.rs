@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use candle_core::{DType, DeviceLocation, Module, Tensor, D};
+use candle_core::{CpuStorage, DType, DeviceLocation, Layout, Module, Shape, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use rayon::prelude::*;
 
 /// Largest normalised row (elements) whose unit scale / zero shift are cached between calls;
 /// longer rows (the VAE's full-resolution levels) allocate them per call.
@@ -93,6 +94,9 @@ impl GroupNorm {
 
     /// `GroupNorm(x)` for `x` [B, C, ...] (4-D: the per-channel affine broadcasts over H, W).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.device().is_cpu() {
+            return self.cpu_op(x, false);
+        }
         let n = self.normalize(x)?;
         let (w, b) = self.affine_for(x)?;
         n.broadcast_mul(&w)?.broadcast_add(&b)
@@ -100,7 +104,32 @@ impl GroupNorm {
 
     /// `SiLU(GroupNorm(x))`.
     pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.device().is_cpu() {
+            return self.cpu_op(x, true);
+        }
         candle_nn::ops::silu(&self.forward(x)?)
+    }
+
+    /// CPU: the whole norm (+ SiLU) in one pass per group writing the output once (every
+    /// separate candle op allocates and faults in a fresh activation-sized buffer).
+    fn cpu_op(&self, x: &Tensor, silu: bool) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() < 3 || dims[1] != self.channels {
+            candle_core::bail!(
+                "GroupNorm: input {dims:?}, expected [B, {}, ...]",
+                self.channels
+            );
+        }
+        let op = GroupNormCpu {
+            groups: self.groups,
+            eps: self.eps,
+            silu,
+        };
+        x.contiguous()?.apply_op3_no_bwd(
+            &self.weight.flatten_all()?,
+            &self.bias.flatten_all()?,
+            &op,
+        )
     }
 
     fn affine_for(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
@@ -113,6 +142,131 @@ impl GroupNorm {
             self.weight.reshape(dims.as_slice())?,
             self.bias.reshape(dims.as_slice())?,
         ))
+    }
+}
+
+/// GroupNorm (+ SiLU) as one CPU op: per (batch, group) row the mean and variance in two passes
+/// (f64 sums, like candle-nn's f32 two-pass GroupNorm but without its temporaries), then
+/// `y = act(((x − mean)·inv_std)·w[c] + b[c])` with each intermediate rounded to the tensor's
+/// dtype as the separate ops would round it.
+struct GroupNormCpu {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl GroupNormCpu {
+    /// `x` contiguous [B, C, rest…] with `hw` = prod(rest); `w`, `b` [C].
+    #[allow(clippy::too_many_arguments)]
+    fn run<T: Copy + Send + Sync + Default>(
+        &self,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        channels: usize,
+        hw: usize,
+        to: impl Fn(T) -> f32 + Sync,
+        from: impl Fn(f32) -> T + Sync,
+    ) -> Vec<T> {
+        let cg = channels / self.groups;
+        let row = cg * hw;
+        let mut out = vec![T::default(); x.len()];
+        if row == 0 {
+            return out;
+        }
+        out.par_chunks_mut(row)
+            .zip(x.par_chunks(row))
+            .enumerate()
+            .for_each(|(r, (o, xs))| {
+                let n = xs.len() as f64;
+                let mean = xs.iter().map(|&v| f64::from(to(v))).sum::<f64>() / n;
+                let var = xs
+                    .iter()
+                    .map(|&v| {
+                        let d = f64::from(to(v)) - mean;
+                        d * d
+                    })
+                    .sum::<f64>()
+                    / n;
+                let (mean, inv) = (mean as f32, (1.0 / (var + self.eps).sqrt()) as f32);
+                let c0 = (r % self.groups) * cg;
+                for (k, (oc, xc)) in o.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
+                    let (wc, bc) = (to(w[c0 + k]), to(b[c0 + k]));
+                    for (d, &v) in oc.iter_mut().zip(xc) {
+                        let normed = to(from((to(v) - mean) * inv));
+                        let y = to(from(to(from(normed * wc)) + bc));
+                        *d = if self.silu {
+                            from(y / (1.0 + (-y).exp()))
+                        } else {
+                            from(y)
+                        };
+                    }
+                }
+            });
+        out
+    }
+}
+
+impl candle_core::CustomOp3 for GroupNormCpu {
+    fn name(&self) -> &'static str {
+        "group-norm-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l1.shape().dims();
+        let channels = dims[1];
+        let hw = dims[2..].iter().product::<usize>();
+        let part = |l: &Layout, what: &str| match l.contiguous_offsets() {
+            Some(o) => Ok(o),
+            None => candle_core::bail!("group-norm-cpu: {what} is not contiguous"),
+        };
+        let ((a1, b1), (a2, b2), (a3, b3)) =
+            (part(l1, "x")?, part(l2, "weight")?, part(l3, "bias")?);
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(self.run(
+                    &x[a1..b1],
+                    &w[a2..b2],
+                    &b[a3..b3],
+                    channels,
+                    hw,
+                    |v| v,
+                    |v| v,
+                ))
+            }
+            (CpuStorage::F16(x), CpuStorage::F16(w), CpuStorage::F16(b)) => {
+                CpuStorage::F16(self.run(
+                    &x[a1..b1],
+                    &w[a2..b2],
+                    &b[a3..b3],
+                    channels,
+                    hw,
+                    half::f16::to_f32,
+                    half::f16::from_f32,
+                ))
+            }
+            (CpuStorage::BF16(x), CpuStorage::BF16(w), CpuStorage::BF16(b)) => {
+                CpuStorage::BF16(self.run(
+                    &x[a1..b1],
+                    &w[a2..b2],
+                    &b[a3..b3],
+                    channels,
+                    hw,
+                    half::bf16::to_f32,
+                    half::bf16::from_f32,
+                ))
+            }
+            _ => candle_core::bail!("group-norm-cpu: unsupported or mixed dtypes"),
+        };
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -235,6 +389,16 @@ mod tests {
         let x = (Tensor::randn(0f32, 3.0, (2, 8, 5, 7), &dev).unwrap() + 1.5).unwrap();
         let d = max_abs_diff(&ours.forward(&x).unwrap(), &theirs.forward(&x).unwrap());
         assert!(d < 1e-5, "max abs diff {d}");
+        // The layer-norm path (non-CPU devices) on the CPU too.
+        let ln = ours
+            .normalize(&x)
+            .unwrap()
+            .broadcast_mul(&ours.weight)
+            .unwrap()
+            .broadcast_add(&ours.bias)
+            .unwrap();
+        let d = max_abs_diff(&ln, &theirs.forward(&x).unwrap());
+        assert!(d < 1e-5, "layer-norm path: max abs diff {d}");
         let s = candle_nn::ops::silu(&theirs.forward(&x).unwrap()).unwrap();
         assert!(max_abs_diff(&ours.forward_silu(&x).unwrap(), &s) < 1e-5);
     }
