@@ -36,7 +36,10 @@ fn unit_affine(n: usize, like: &Tensor) -> candle_core::Result<(Tensor, Tensor)>
     let key = (n, like.dtype(), like.device().location());
     let cache = CACHE.get_or_init(Default::default);
     if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-        return Ok(hit);
+        // A device re-created at the same location is another device (CUDA context).
+        if hit.0.device().same_device(like.device()) {
+            return Ok(hit);
+        }
     }
     let unit = make()?;
     if let Ok(mut c) = cache.lock() {
