@@ -9,7 +9,8 @@
 //! ```
 //! Prints one `name: value` line per measurement: checkpoint → device load, text encode, UNet step
 //! (batch 2) with and without flash attention, VAE decode, a whole txt2img, a switch between two
-//! nine-LoRA sets, device memory in use (CUDA) / peak RSS (CPU).
+//! nine-LoRA sets, peak RSS. (The VRAM high-water mark comes from `scripts/gpu-check.sh`, which
+//! polls nvidia-smi while this runs.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -89,19 +90,6 @@ fn peak_rss_gb() -> f64 {
         .map_or(0.0, |kb| kb / 1e6)
 }
 
-/// Device memory in use (GB) right now, CUDA only.
-#[allow(unused_variables)]
-fn device_used_gb(dev: &Device) -> Option<f64> {
-    #[cfg(feature = "cuda")]
-    if dev.is_cuda() {
-        use candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
-        return mem_get_info()
-            .ok()
-            .map(|(free, total)| (total - free) as f64 / 1e9);
-    }
-    None
-}
-
 fn main() -> Result<(), Failure> {
     let args = parse_args()?;
     let dev = parse_device(&args.device)?;
@@ -110,12 +98,6 @@ fn main() -> Result<(), Failure> {
         (64u32, 8usize, 8usize)
     } else {
         (1024, 128, 128)
-    };
-    let mut mem_max: f64 = 0.0;
-    let mut note_mem = |dev: &Device| {
-        if let Some(g) = device_used_gb(dev) {
-            mem_max = mem_max.max(g);
-        }
     };
 
     // The checkpoint: the tiny fixture (--small), a given file, or the synthetic full-size one.
@@ -162,7 +144,6 @@ fn main() -> Result<(), Failure> {
         };
         Ok(SdxlModel::load(ckpt, options)?)
     })?;
-    note_mem(&dev);
     println!("checkpoint to device (all components): {load_s:.2} s");
 
     // 2. UNet step, CFG batch 2, with and without flash attention.
@@ -194,7 +175,6 @@ fn main() -> Result<(), Failure> {
             }
             Ok(())
         })?;
-        note_mem(&dev);
         println!(
             "unet step {side}x{side} batch 2 (flash attention {}): {:.1} ms",
             if flash { "on" } else { "off" },
@@ -208,7 +188,6 @@ fn main() -> Result<(), Failure> {
     let z = Tensor::randn(0f32, 1.0, (1, 4, decode_side, decode_side), &dev)?.to_dtype(dtype)?;
     vae.decode(&z)?;
     let (_, dec_s) = timed(&dev, || Ok(vae.decode(&z)?))?;
-    note_mem(&dev);
     drop(vae);
     println!(
         "vae decode {}x{} {:?}: {:.1} ms",
@@ -234,7 +213,6 @@ fn main() -> Result<(), Failure> {
     };
     let cancel = AtomicBool::new(false);
     let (out, img_s) = timed(&dev, || Ok(model.txt2img(&req, &mut |_| {}, &cancel)?))?;
-    note_mem(&dev);
     let t = out.timings;
     println!(
         "txt2img {side}x{side}, {} steps, CFG: {img_s:.2} s (text encode {:.1} ms, denoise {:.1} ms = {:.1} ms/step, decode {:.1} ms)",
@@ -278,7 +256,6 @@ fn main() -> Result<(), Failure> {
     let (n, on_s) = timed(&dev, || Ok(model.set_loras(&set_a)?))?;
     let (_, ab_s) = timed(&dev, || Ok(model.set_loras(&set_b)?))?;
     let (_, off_s) = timed(&dev, || Ok(model.set_loras(&LoraSet::empty())?))?;
-    note_mem(&dev);
     println!(
         "nine-LoRA switch ({} UNet linears, rank {rank}): base->A {:.0} ms, A->B {:.0} ms, B->base {:.0} ms ({n} parameters)",
         targets.len(),
@@ -287,9 +264,6 @@ fn main() -> Result<(), Failure> {
         off_s * 1000.0
     );
 
-    if dev.is_cuda() {
-        println!("device memory in use, max over the checks (sampled): {mem_max:.2} GB");
-    }
     println!("peak RSS (VmHWM): {:.2} GB", peak_rss_gb());
     Ok(())
 }
