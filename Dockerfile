@@ -5,7 +5,7 @@
 #   docker build -t sdxl-worker .                                   # H100 (sm_90), models on the volume
 #   docker build --build-arg CUDA_COMPUTE_CAP=89 -t sdxl-worker .   # RTX 4090 / L40S / L4
 #   docker build --build-arg CUDA_COMPUTE_CAP=80 -t sdxl-worker .   # A100 / A30
-#   docker build --build-arg FLASH_ATTN=true -t sdxl-worker .       # + flash attention (slow build)
+#   docker build --build-arg FLASH_ATTN=false -t sdxl-worker .      # without flash attention (fast build)
 #   docker build --build-arg BAKE_MODELS=true \
 #     --secret id=civitai_api_key,env=CIVITAI_API_KEY -t sdxl-worker .   # models inside the image
 #
@@ -47,8 +47,11 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
 # GPU architecture of the kernels: 90 = H100/H200 (cudaforge makes it sm_90a), 89 = RTX 4090 /
 # L40S / L4, 86 = RTX 3090 / A40 / A10, 80 = A100 / A30. One image serves one architecture.
 ARG CUDA_COMPUTE_CAP=90
-# "true" adds the flash-attn feature (53 large kernels: about 30 min on 32 cores, hours on few).
-ARG FLASH_ATTN=false
+# "true" (default) adds the flash-attn feature: the UNet's attention runs candle-flash-attn's
+# kernels in f16/bf16 instead of materialising every score matrix. It needs sm_80 or newer
+# (A100, Ada, H100) and costs build time (53 large kernels: about 30 min on 32 cores, hours on
+# few; not measured on this project's machines). "false" builds without it (other GPUs, quick builds).
+ARG FLASH_ATTN=true
 ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} CUDA_HOME=/usr/local/cuda
 
 WORKDIR /src
@@ -57,6 +60,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/root/.cudaforge \
     --mount=type=cache,target=/src/target \
     extra=""; if [ "${FLASH_ATTN}" = true ]; then extra=",flash-attn"; fi \
+ && if [ -n "${extra}" ] && [ "${CUDA_COMPUTE_CAP}" -lt 80 ]; then \
+      echo "FLASH_ATTN=true needs CUDA_COMPUTE_CAP >= 80; build with --build-arg FLASH_ATTN=false" >&2; exit 1; fi \
  && cargo build --release --locked -p sdxl-worker --features "cuda,cudnn${extra}" \
  && install -D -m 0755 target/release/sdxl-worker /out/sdxl-worker
 

@@ -62,6 +62,6 @@ versions=${CUDARC_CUDA_VERSION:-"$docker_cudarc 13000"}
 for v in $versions; do
   echo "check-cuda-fast: cargo check with cuda,cudnn,flash-attn against CUDA bindings $v"
   CUDARC_CUDA_VERSION=$v cargo check --workspace --all-targets --locked \
-    --features sdxl-worker/cuda,sdxl-worker/cudnn,sdxl-worker/flash-attn
+    --features sdxl-worker/cuda,sdxl-worker/cudnn,sdxl-worker/flash-attn,sdxl-benches/cudnn,sdxl-benches/flash-attn
 done
 echo "check-cuda-fast: OK for CUDA $versions (type-check only; kernels and linking NOT checked)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that the Dockerfile builds sdxl-worker the way scripts/check-cuda.sh does: same package,
-# release profile, same cargo features (the Dockerfile may add `flash-attn` behind its FLASH_ATTN
-# build arg, nothing else) and the same default CUDA_COMPUTE_CAP; and that every feature exists
+# release profile, same cargo features (the Dockerfile adds `flash-attn` behind its FLASH_ATTN
+# build arg, which must default to true, and nothing else) and the same default CUDA_COMPUTE_CAP; and that every feature exists
 # in the package's Cargo.toml. Each file must hold exactly one `cargo build` command, on one line.
 #
 # Usage: scripts/check-docker-features.sh [DOCKERFILE [CHECK_CUDA_SCRIPT]]
@@ -22,6 +22,7 @@ if [ "${1:-}" = --self-test ]; then
     'undeclared feature on both sides|b|s/"cuda,cudnn/"cuda,cudnn,cudaa/'
     'FLASH_ATTN switch changed|d|s/extra=",flash-attn"/extra=",other"/'
     'compute capability default|d|s/^ARG CUDA_COMPUTE_CAP=90/ARG CUDA_COMPUTE_CAP=89/'
+    'flash attention off by default|d|s/^ARG FLASH_ATTN=true/ARG FLASH_ATTN=false/'
   )
   "$0" Dockerfile scripts/check-cuda.sh >/dev/null || { echo "self-test: the real files do not pass" >&2; exit 1; }
   for c in "${cases[@]}"; do
@@ -89,9 +90,14 @@ for f in $(feature_set "$docker_base,flash-attn"); do
   grep -qx -- "$f" <<<"$declared" || fail "feature '$f' is not declared in $manifest"
 done
 
+# Flash attention is part of the default image (SPEC §11); FLASH_ATTN=false is the opt-out.
+[ "$docker_base" != "$docker_features" ] || fail "$dockerfile: the cargo build has no \${extra} (FLASH_ATTN switch)"
+flash_default=$(grep -oE '^ARG FLASH_ATTN=[A-Za-z]+' "$dockerfile" | cut -d= -f2 || true)
+[ "$flash_default" = true ] || fail "$dockerfile: ARG FLASH_ATTN must default to true (got '$flash_default')"
+
 docker_cap=$(grep -oE '^ARG CUDA_COMPUTE_CAP=[0-9]+' "$dockerfile" | cut -d= -f2 || true)
 check_cap=$(grep -oE 'CUDA_COMPUTE_CAP:-[0-9]+' "$check_script" | cut -d- -f2 || true)
 [ -n "$docker_cap" ] && [ "$docker_cap" = "$check_cap" ] \
   || fail "default CUDA_COMPUTE_CAP differs: Dockerfile '$docker_cap' vs check-cuda.sh '$check_cap'"
 
-echo "check-docker-features: OK (package $docker_pkg, features $(feature_set "$docker_base" | paste -sd, -), CUDA_COMPUTE_CAP $docker_cap)"
+echo "check-docker-features: OK (package $docker_pkg, features $(feature_set "$docker_base" | paste -sd, -) + flash-attn by default, CUDA_COMPUTE_CAP $docker_cap)"

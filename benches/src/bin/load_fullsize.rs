@@ -8,7 +8,7 @@
 //! Each measurement runs in a child process so that VmHWM is its own.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -16,8 +16,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use sdxl_pipeline::checkpoint::{Checkpoint, Component, ModelSource};
 
-const KEYS: &str = include_str!("../../../tests/fixtures/checkpoint/sdxl-keys.txt");
-const FILE_NAME: &str = "sdxl-fullsize-synthetic-f16.safetensors";
+use sdxl_benches::{write_fullsize_checkpoint, FULLSIZE_FILE_NAME as FILE_NAME};
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -26,78 +25,6 @@ fn bench_file() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("sdxl-bench"));
     dir.join(FILE_NAME)
-}
-
-/// (key, dtype, shape) of every tensor of the real SDXL single file.
-fn layout() -> Vec<(String, String, Vec<usize>)> {
-    KEYS.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            match f.as_slice() {
-                ["S", key, dtype, shape @ ..] => Some((
-                    key.to_string(),
-                    dtype.to_string(),
-                    shape
-                        .first()
-                        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
-                        .unwrap_or_default(),
-                )),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-fn write_file(path: &Path) -> Result<(), Failure> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tensors = layout();
-    let mut header = String::from("{");
-    let mut offset = 0u64;
-    for (i, (key, dtype, shape)) in tensors.iter().enumerate() {
-        let size = if dtype == "I64" { 8 } else { 2 };
-        let bytes = shape.iter().product::<usize>() as u64 * size;
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        if i > 0 {
-            header.push(',');
-        }
-        header.push_str(&format!(
-            "\"{key}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{offset},{}]}}",
-            dims.join(","),
-            offset + bytes
-        ));
-        offset += bytes;
-    }
-    header.push('}');
-    while (8 + header.len()) % 8 != 0 {
-        header.push(' ');
-    }
-    // 1 MiB of pseudo-random fp16 values in ±0.02 (xorshift), cycled through the data section.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let block: Vec<u8> = (0..512 * 1024)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let x = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04;
-            half::f16::from_f32(x).to_le_bytes()
-        })
-        .collect();
-    let tmp = path.with_extension("partial");
-    let mut w = BufWriter::with_capacity(8 << 20, File::create(&tmp)?);
-    w.write_all(&(header.len() as u64).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    let mut left = offset as usize;
-    while left > 0 {
-        let n = left.min(block.len());
-        w.write_all(&block[..n])?;
-        left -= n;
-    }
-    w.flush()?;
-    drop(w);
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 fn peak_rss_bytes() -> u64 {
@@ -201,7 +128,7 @@ fn main() -> Result<(), Failure> {
     if !path.is_file() {
         eprintln!("writing {} ...", path.display());
         let t = Instant::now();
-        write_file(&path)?;
+        write_fullsize_checkpoint(&path)?;
         eprintln!("written in {:.1} s", t.elapsed().as_secs_f64());
     }
     let size = std::fs::metadata(&path)?.len();

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+mod layers;
 pub mod lora;
 pub mod noise;
 pub mod output;

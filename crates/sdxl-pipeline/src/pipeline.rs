@@ -14,7 +14,7 @@ use crate::output::RgbImage;
 use crate::prompt::{Conditioning, PromptEncoder, PromptMode};
 use crate::sampling::{self, Denoiser, ModelSchedule, Prediction};
 use crate::text_encoder::ClipTextEncoder;
-use crate::unet::SdxlUNet;
+use crate::unet::{SdxlUNet, UNetConditioning};
 use crate::vae::{self, AutoencoderKl};
 use crate::{PipelineError, Result};
 
@@ -224,6 +224,17 @@ impl SdxlModel {
         &self.checkpoint
     }
 
+    /// The UNet (for benchmarks and direct calls: [`SdxlUNet::prepare`] +
+    /// [`SdxlUNet::forward_prepared`]).
+    pub fn unet(&self) -> &SdxlUNet {
+        &self.unet
+    }
+
+    /// The VAE the model decodes with.
+    pub fn vae(&self) -> &AutoencoderKl {
+        &self.vae
+    }
+
     /// The dtype the VAE decodes in (f32 for an f16 model unless the VAE is fp16-safe).
     pub fn vae_dtype(&self) -> DType {
         self.vae.dtype()
@@ -257,7 +268,8 @@ impl SdxlModel {
             req.clip_skip,
         )?;
         let mut denoiser = CfgDenoiser::new(self, &cond, req)?;
-        let encode_ms = ms_since(started);
+        let device = &self.options.device;
+        let encode_ms = synced_ms_since(device, started)?;
 
         let shape = [1, 4, (req.height / 8) as usize, (req.width / 8) as usize];
         let mut images = Vec::with_capacity(req.batch_size as usize);
@@ -293,10 +305,10 @@ impl SdxlModel {
                 &mut noise_source,
                 &mut step_cb,
             )?;
-            denoise_ms += ms_since(t0);
+            denoise_ms += synced_ms_since(device, t0)?;
             let t1 = Instant::now();
             images.push(self.decode(&latents)?);
-            decode_ms += ms_since(t1);
+            decode_ms += synced_ms_since(device, t1)?;
             seeds.push(seed);
         }
         Ok(Txt2ImgOutput {
@@ -346,8 +358,11 @@ fn vae_dtype(dtype: DType, force_upcast: bool) -> DType {
     }
 }
 
-fn ms_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
+/// Milliseconds since `t` once the work queued on `device` has finished (a CUDA device runs
+/// asynchronously: without the synchronisation a phase would be charged to the next one).
+fn synced_ms_since(device: &Device, t: Instant) -> Result<f64> {
+    device.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// The value ranges the pipeline relies on (the worker's job schema checks the SPEC §3 limits).
@@ -381,9 +396,8 @@ struct CfgDenoiser<'a> {
     unet: &'a SdxlUNet,
     schedule: &'a ModelSchedule,
     prediction: Prediction,
-    context: Tensor,
-    pooled: Tensor,
-    time_ids: Tensor,
+    /// Cross-attention K/V and micro-conditioning, computed once for the whole job.
+    cond: UNetConditioning,
     cfg_scale: f64,
     guided: bool,
 }
@@ -407,13 +421,16 @@ impl<'a> CfgDenoiser<'a> {
         } else {
             (cond.cond.context.clone(), cond.cond.pooled.clone(), ids)
         };
+        let cond = model.unet.prepare(
+            &context.to_dtype(dtype)?,
+            &pooled.to_dtype(dtype)?,
+            &time_ids.to_dtype(dtype)?,
+        )?;
         Ok(Self {
             unet: &model.unet,
             schedule: &model.schedule,
             prediction: model.options.prediction,
-            context: context.to_dtype(dtype)?,
-            pooled: pooled.to_dtype(dtype)?,
-            time_ids: time_ids.to_dtype(dtype)?,
+            cond,
             cfg_scale: req.cfg_scale,
             guided,
         })
@@ -432,7 +449,7 @@ impl Denoiser for CfgDenoiser<'_> {
         let t = self.schedule.sigma_to_t(sigma);
         let out = self
             .unet
-            .forward(&x_in, t, &self.context, &self.pooled, &self.time_ids)?
+            .forward_prepared(&x_in, t, &self.cond)?
             .to_dtype(DType::F32)?;
         if !self.guided {
             return sampling::denoised_from_output(&x, &out, sigma, self.prediction);

@@ -44,7 +44,20 @@ fn shipped_models_toml_matches_spec() {
         Source::Url("https://civitai.com/api/download/models/135867".into())
     );
     assert_eq!(lora.scale, 1.5);
-    assert!(cfg.vae.is_none(), "the VAE example is commented out");
+    // The fp16-fix VAE is the shipped default (SPEC §11: f16 models decode in f16).
+    let shipped_vae = cfg
+        .vae
+        .as_ref()
+        .expect("the shipped models.toml names a VAE");
+    assert_eq!(
+        shipped_vae.source,
+        Source::HuggingFace {
+            repo: "madebyollin/sdxl-vae-fp16-fix".into(),
+            path: None
+        }
+    );
+    assert_eq!(shipped_vae.filename, "diffusion_pytorch_model.safetensors");
+    assert!(shipped_vae.fp16_safe);
     // The commented examples must themselves be valid when uncommented.
     let uncommented: String = text
         .lines()

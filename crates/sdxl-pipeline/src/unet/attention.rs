@@ -1,8 +1,24 @@
 //! diffusers `Transformer2DModel` / `BasicTransformerBlock` / `Attention` with exact erf GEGLU and
 //! an f32 softmax (candle-transformers' blocks use the tanh GELU, hence our own).
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::layers::GroupNorm;
+
+/// Runtime switch for flash attention (builds with the `flash-attn` feature; on by default).
+static FLASH_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns flash attention on or off for UNets prepared from now on (A/B timings; no effect in a
+/// build without the `flash-attn` feature). Flash attention runs only on CUDA in f16/bf16.
+pub fn set_flash_attention(enabled: bool) {
+    FLASH_ENABLED.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True when this build has the `flash-attn` feature.
+pub fn flash_attention_built() -> bool {
+    cfg!(feature = "flash-attn")
+}
 
 /// Multi-head attention with diffusers names `to_q`, `to_k`, `to_v`, `to_out.0`.
 #[derive(Debug)]
@@ -34,40 +50,97 @@ impl Attention {
         })
     }
 
-    /// `x` [B, Lq, C]; `context` [B, Lk, Cc] (self-attention when `None`).
-    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let context = context.unwrap_or(x);
+    /// Self-attention of `x` [B, L, C].
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, lq, _) = x.dims3()?;
-        let lk = context.dim(1)?;
         let q = self.to_q.forward(x)?;
-        let k = self.to_k.forward(context)?;
-        let v = self.to_v.forward(context)?;
-        let out = self.attend(q, k, v, b, lq, lk)?;
+        let k = self.to_k.forward(x)?;
+        let v = self.to_v.forward(x)?;
+        let out = self.attend(q, k, v, b, lq, lq)?;
         self.to_out.forward(&out)
     }
 
-    #[cfg(feature = "flash-attn")]
-    fn attend(
-        &self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        b: usize,
-        lq: usize,
-        lk: usize,
-    ) -> candle_core::Result<Tensor> {
-        if q.device().is_cuda() && matches!(q.dtype(), DType::F16 | DType::BF16) {
-            let scale = (self.head_dim as f64).powf(-0.5) as f32;
-            let q = q.reshape((b, lq, self.heads, self.head_dim))?;
-            let k = k.reshape((b, lk, self.heads, self.head_dim))?;
-            let v = v.reshape((b, lk, self.heads, self.head_dim))?;
-            let out = candle_flash_attn::flash_attn(&q, &k, &v, scale, false)?;
-            return out.reshape((b, lq, self.heads * self.head_dim));
+    /// Keys and values of `context` [B, Lk, Cc] in the layout the attention kernel takes: computed
+    /// once per job for the text context (it does not change between steps).
+    pub fn context_kv(&self, context: &Tensor) -> candle_core::Result<ContextKv> {
+        let (b, lk, _) = context.dims3()?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        if self.uses_flash(&k) {
+            let split = |t: Tensor| t.reshape((b, lk, self.heads, self.head_dim));
+            return Ok(ContextKv {
+                k: split(k)?,
+                v: split(v)?,
+                flash: true,
+            });
         }
-        self.attend_plain(q, k, v, b, lq, lk)
+        Ok(ContextKv {
+            k: self.split_heads(k, b, lk)?,
+            v: self.split_heads(v, b, lk)?,
+            flash: false,
+        })
+    }
+
+    /// Cross-attention of `x` [B, Lq, C] to the keys/values [`Self::context_kv`] made.
+    pub fn forward_kv(&self, x: &Tensor, kv: &ContextKv) -> candle_core::Result<Tensor> {
+        let (b, lq, _) = x.dims3()?;
+        let q = self.to_q.forward(x)?;
+        let out = if kv.flash {
+            self.flash(q, &kv.k, &kv.v, b, lq)?
+        } else {
+            let q = self.split_heads(q, b, lq)?;
+            self.attend_heads(&q, &kv.k, &kv.v, b, lq)?
+        };
+        self.to_out.forward(&out)
+    }
+
+    /// [B, L, H·D] → contiguous [B, H, L, D].
+    fn split_heads(&self, t: Tensor, b: usize, l: usize) -> candle_core::Result<Tensor> {
+        t.reshape((b, l, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    #[cfg(feature = "flash-attn")]
+    fn uses_flash(&self, t: &Tensor) -> bool {
+        FLASH_ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+            && t.device().is_cuda()
+            && matches!(t.dtype(), DType::F16 | DType::BF16)
     }
 
     #[cfg(not(feature = "flash-attn"))]
+    fn uses_flash(&self, _t: &Tensor) -> bool {
+        false
+    }
+
+    /// Flash attention of `q` [B, Lq, H·D] with `k`, `v` [B, Lk, H, D] → [B, Lq, H·D].
+    #[cfg(feature = "flash-attn")]
+    fn flash(
+        &self,
+        q: Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        b: usize,
+        lq: usize,
+    ) -> candle_core::Result<Tensor> {
+        let scale = (self.head_dim as f64).powf(-0.5) as f32;
+        let q = q.reshape((b, lq, self.heads, self.head_dim))?;
+        let out = candle_flash_attn::flash_attn(&q, k, v, scale, false)?;
+        out.reshape((b, lq, self.heads * self.head_dim))
+    }
+
+    #[cfg(not(feature = "flash-attn"))]
+    fn flash(
+        &self,
+        _q: Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _b: usize,
+        _lq: usize,
+    ) -> candle_core::Result<Tensor> {
+        candle_core::bail!("flash attention is not in this build")
+    }
+
     fn attend(
         &self,
         q: Tensor,
@@ -77,6 +150,10 @@ impl Attention {
         lq: usize,
         lk: usize,
     ) -> candle_core::Result<Tensor> {
+        if self.uses_flash(&q) {
+            let split = |t: Tensor| t.reshape((b, lk, self.heads, self.head_dim));
+            return self.flash(q, &split(k)?, &split(v)?, b, lq);
+        }
         self.attend_plain(q, k, v, b, lq, lk)
     }
 
@@ -90,49 +167,75 @@ impl Attention {
         lq: usize,
         lk: usize,
     ) -> candle_core::Result<Tensor> {
+        let q = self.split_heads(q, b, lq)?;
+        let k = self.split_heads(k, b, lk)?;
+        let v = self.split_heads(v, b, lk)?;
+        self.attend_heads(&q, &k, &v, b, lq)
+    }
+
+    /// `q` [B, H, Lq, D], `k`, `v` [B, H, Lk, D] (contiguous) → [B, Lq, H·D].
+    fn attend_heads(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        b: usize,
+        lq: usize,
+    ) -> candle_core::Result<Tensor> {
         let dtype = q.dtype();
-        let split = |t: Tensor, l: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, l, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
         let scale = (self.head_dim as f64).powf(-0.5);
-        let q = (split(q, lq)? * scale)?;
-        let k = split(k, lk)?;
-        let v = split(v, lk)?;
+        let q = (q * scale)?;
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         probs
-            .matmul(&v)?
+            .matmul(v)?
             .transpose(1, 2)?
             .reshape((b, lq, self.heads * self.head_dim))
     }
 }
 
-/// GEGLU feed-forward: `net.0.proj` (→ 2·inner), `hidden * gelu_erf(gate)`, `net.2`.
+/// Keys and values of the text context for one cross-attention, per job: [B, H, Lk, D] for the
+/// plain kernel or [B, Lk, H, D] for flash attention.
+#[derive(Debug, Clone)]
+pub(crate) struct ContextKv {
+    k: Tensor,
+    v: Tensor,
+    flash: bool,
+}
+
+/// GEGLU feed-forward: `net.0.proj` (→ 2·inner), `hidden * gelu_erf(gate)`, `net.2`. The
+/// projection runs as two linears on the two row halves of its weight (views of the loaded
+/// tensor), so both halves come out contiguous instead of as strided chunks of one output.
 #[derive(Debug)]
 struct FeedForward {
-    proj: Linear,
+    hidden: Linear,
+    gate: Linear,
     out: Linear,
 }
 
 impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> candle_core::Result<Self> {
         let inner = dim * 4;
+        let proj = vb.pp("net.0.proj");
+        let w = proj.get((inner * 2, dim), "weight")?;
+        let b = proj.get(inner * 2, "bias")?;
+        let half = |i: usize| -> candle_core::Result<Linear> {
+            Ok(Linear::new(
+                w.narrow(0, i * inner, inner)?,
+                Some(b.narrow(0, i * inner, inner)?),
+            ))
+        };
         Ok(Self {
-            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            hidden: half(0)?,
+            gate: half(1)?,
             out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let halves = h.chunk(2, D::Minus1)?;
-        let (hidden, gate) = match halves.as_slice() {
-            [a, b] => (a, b),
-            _ => candle_core::bail!("GEGLU: projection did not split in two"),
-        };
-        self.out.forward(&(hidden * gate.gelu_erf()?)?)
+        let hidden = self.hidden.forward(x)?;
+        let gate = self.gate.forward(x)?.gelu_erf()?;
+        self.out.forward(&(hidden * gate)?)
     }
 }
 
@@ -165,12 +268,9 @@ impl BasicTransformerBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
-        let x = (self
-            .attn2
-            .forward(&self.norm2.forward(&x)?, Some(context))?
-            + &x)?;
+    fn forward(&self, x: &Tensor, kv: &ContextKv) -> candle_core::Result<Tensor> {
+        let x = (self.attn1.forward(&self.norm1.forward(x)?)? + x)?;
+        let x = (self.attn2.forward_kv(&self.norm2.forward(&x)?, kv)? + &x)?;
         self.ff.forward(&self.norm3.forward(&x)?)? + &x
     }
 }
@@ -195,7 +295,7 @@ impl Projection {
 /// diffusers `Transformer2DModel` (continuous input): GroupNorm, proj_in, N blocks, proj_out, residual.
 #[derive(Debug)]
 pub(crate) struct Transformer2D {
-    norm: candle_nn::GroupNorm,
+    norm: GroupNorm,
     proj_in: Projection,
     blocks: Vec<BasicTransformerBlock>,
     proj_out: Projection,
@@ -225,15 +325,30 @@ impl Transformer2D {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
-            norm: candle_nn::group_norm(cfg.groups, c, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(cfg.groups, c, 1e-6, vb.pp("norm"))?,
             proj_in: Projection::new(vb.pp("proj_in"), c, c, cfg.linear_projection)?,
             blocks,
             proj_out: Projection::new(vb.pp("proj_out"), c, c, cfg.linear_projection)?,
         })
     }
 
-    /// `x` [B, C, H, W], `context` [B, L, Cc].
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> candle_core::Result<Tensor> {
+    /// Cross-attention keys/values of `context` [B, L, Cc] for each block (once per job).
+    pub fn context_kv(&self, context: &Tensor) -> candle_core::Result<Vec<ContextKv>> {
+        self.blocks
+            .iter()
+            .map(|b| b.attn2.context_kv(context))
+            .collect()
+    }
+
+    /// `x` [B, C, H, W]; `kv` from [`Self::context_kv`].
+    pub fn forward(&self, x: &Tensor, kv: &[ContextKv]) -> candle_core::Result<Tensor> {
+        if kv.len() != self.blocks.len() {
+            candle_core::bail!(
+                "transformer: {} context K/V for {} blocks",
+                kv.len(),
+                self.blocks.len()
+            );
+        }
         let (b, c, h, w) = x.dims4()?;
         let hs = self.norm.forward(x)?;
         let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
@@ -241,8 +356,8 @@ impl Transformer2D {
             Projection::Linear(l) => l.forward(&to_tokens(hs)?)?,
             Projection::Conv(conv) => to_tokens(conv.forward(&hs)?)?,
         };
-        for block in &self.blocks {
-            hs = block.forward(&hs, context)?;
+        for (block, kv) in self.blocks.iter().zip(kv) {
+            hs = block.forward(&hs, kv)?;
         }
         let to_image = |t: Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2));
         let hs = match &self.proj_out {

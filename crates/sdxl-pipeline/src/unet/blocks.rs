@@ -1,12 +1,35 @@
 //! Down, mid and up blocks of the SDXL UNet (diffusers `CrossAttnDownBlock2D`, `DownBlock2D`,
-//! `UNetMidBlock2DCrossAttn`, `CrossAttnUpBlock2D`, `UpBlock2D`). ResNet blocks are candle's
-//! `ResnetBlock2D`, which matches diffusers exactly.
+//! `UNetMidBlock2DCrossAttn`, `CrossAttnUpBlock2D`, `UpBlock2D`). ResNet blocks are
+//! [`crate::layers::ResnetBlock`] (diffusers' `ResnetBlock2D` with a fused GroupNorm).
+//!
+//! The text context enters as per-job cross-attention keys/values ([`ContextKv`], one `Vec` per
+//! transformer in forward order) and the time embedding as SiLU(temb), computed once per call.
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
-use super::attention::{Transformer2D, Transformer2DConfig};
+use super::attention::{ContextKv, Transformer2D, Transformer2DConfig};
+use crate::layers::{ResnetBlock, ResnetConfig};
+
+/// The per-job cross-attention K/V of every transformer of the UNet, in forward order.
+pub(crate) type KvIter<'a> = std::slice::Iter<'a, Vec<ContextKv>>;
+
+fn next_kv<'a>(kv: &mut KvIter<'a>) -> candle_core::Result<&'a [ContextKv]> {
+    kv.next()
+        .map(Vec::as_slice)
+        .ok_or_else(|| candle_core::Error::Msg("unet: context K/V exhausted".into()))
+}
+
+fn push_kv(
+    attentions: &[Transformer2D],
+    context: &Tensor,
+    out: &mut Vec<Vec<ContextKv>>,
+) -> candle_core::Result<()> {
+    for a in attentions {
+        out.push(a.context_kv(context)?);
+    }
+    Ok(())
+}
 
 /// What every block of one UNet shares.
 #[derive(Debug, Clone, Copy)]
@@ -20,17 +43,16 @@ pub(crate) struct BlockCommon {
 }
 
 impl BlockCommon {
-    fn resnet(&self, vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<ResnetBlock2D> {
-        let cfg = ResnetBlock2DConfig {
-            out_channels: Some(out),
+    fn resnet(&self, vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<ResnetBlock> {
+        let cfg = ResnetConfig {
+            in_channels: inp,
+            out_channels: out,
             temb_channels: Some(self.temb_channels),
             groups: self.groups,
-            groups_out: None,
             eps: self.eps,
-            use_in_shortcut: None,
             output_scale_factor: self.output_scale_factor,
         };
-        ResnetBlock2D::new(vb, inp, cfg)
+        ResnetBlock::new(vb, cfg)
     }
 
     fn transformer(
@@ -64,7 +86,7 @@ pub(crate) struct LevelAttention {
 /// One down level: ResNets (+ transformers) and an optional stride-2 conv downsampler.
 #[derive(Debug)]
 pub(crate) struct DownBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
     downsampler: Option<Conv2d>,
 }
@@ -116,19 +138,29 @@ impl DownBlock {
         })
     }
 
+    /// Appends the cross-attention K/V of `context` for each transformer of the block.
+    pub fn context_kv(
+        &self,
+        context: &Tensor,
+        out: &mut Vec<Vec<ContextKv>>,
+    ) -> candle_core::Result<()> {
+        push_kv(&self.attentions, context, out)
+    }
+
     /// Returns the block output and the skip states it contributes (one per layer + downsampler).
+    /// `temb` is SiLU(time embedding).
     pub fn forward(
         &self,
         x: &Tensor,
         temb: &Tensor,
-        context: &Tensor,
+        kv: &mut KvIter,
     ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
         let mut x = x.clone();
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
         for (j, resnet) in self.resnets.iter().enumerate() {
             x = resnet.forward(&x, Some(temb))?;
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(&x, context)?;
+                x = attn.forward(&x, next_kv(kv)?)?;
             }
             skips.push(x.clone());
         }
@@ -143,9 +175,9 @@ impl DownBlock {
 /// diffusers `UNetMidBlock2DCrossAttn`: resnet, (transformer, resnet).
 #[derive(Debug)]
 pub(crate) struct MidBlock {
-    first: ResnetBlock2D,
+    first: ResnetBlock,
     attention: Transformer2D,
-    second: ResnetBlock2D,
+    second: ResnetBlock,
 }
 
 impl MidBlock {
@@ -167,14 +199,23 @@ impl MidBlock {
         })
     }
 
+    /// Appends the cross-attention K/V of `context` for the block's transformer.
+    pub fn context_kv(
+        &self,
+        context: &Tensor,
+        out: &mut Vec<Vec<ContextKv>>,
+    ) -> candle_core::Result<()> {
+        push_kv(std::slice::from_ref(&self.attention), context, out)
+    }
+
     pub fn forward(
         &self,
         x: &Tensor,
         temb: &Tensor,
-        context: &Tensor,
+        kv: &mut KvIter,
     ) -> candle_core::Result<Tensor> {
         let x = self.first.forward(x, Some(temb))?;
-        let x = self.attention.forward(&x, context)?;
+        let x = self.attention.forward(&x, next_kv(kv)?)?;
         self.second.forward(&x, Some(temb))
     }
 }
@@ -182,7 +223,7 @@ impl MidBlock {
 /// One up level: ResNets over [x | skip] (+ transformers) and an optional nearest-2× + conv upsampler.
 #[derive(Debug)]
 pub(crate) struct UpBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
     upsampler: Option<Conv2d>,
 }
@@ -246,6 +287,15 @@ impl UpBlock {
         self.resnets.len()
     }
 
+    /// Appends the cross-attention K/V of `context` for each transformer of the block.
+    pub fn context_kv(
+        &self,
+        context: &Tensor,
+        out: &mut Vec<Vec<ContextKv>>,
+    ) -> candle_core::Result<()> {
+        push_kv(&self.attentions, context, out)
+    }
+
     /// `skips` in the order they are consumed (last produced first); `upsample_to` is the spatial
     /// size of the next skip state (diffusers' `upsample_size`).
     pub fn forward(
@@ -253,7 +303,7 @@ impl UpBlock {
         x: &Tensor,
         skips: &[Tensor],
         temb: &Tensor,
-        context: &Tensor,
+        kv: &mut KvIter,
         upsample_to: Option<(usize, usize)>,
     ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
@@ -261,7 +311,7 @@ impl UpBlock {
             x = Tensor::cat(&[&x, skip], 1)?;
             x = resnet.forward(&x, Some(temb))?;
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(&x, context)?;
+                x = attn.forward(&x, next_kv(kv)?)?;
             }
         }
         if let Some(up) = &self.upsampler {

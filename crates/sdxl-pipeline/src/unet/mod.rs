@@ -6,12 +6,18 @@ mod blocks;
 mod config;
 mod embeddings;
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+pub use attention::{flash_attention_built, set_flash_attention};
 pub use config::{PerLevel, UNetConfig};
 
+use crate::layers::GroupNorm;
 use crate::{PipelineError, Result};
+use attention::ContextKv;
 use blocks::{BlockCommon, DownBlock, LevelAttention, MidBlock, UpBlock, UpChannels};
 use embeddings::{TimestepEmbedding, Timesteps};
 
@@ -36,6 +42,26 @@ pub struct SdxlUNet {
 
 /// Named intermediate tensors of one forward pass (the module outputs diffusers' hooks see).
 pub type Intermediates = Vec<(String, Tensor)>;
+
+/// What the UNet needs from the conditioning of one job, computed once by [`SdxlUNet::prepare`]:
+/// the cross-attention keys/values of the text context for every transformer block, the
+/// micro-conditioning embedding, and (filled on first use) the time embedding of each timestep.
+#[derive(Debug)]
+pub struct UNetConditioning {
+    kv: Vec<Vec<ContextKv>>,
+    /// `add_embedding([text_embeds | sinusoid(time_ids)])` [B, T].
+    aug: Tensor,
+    batch: usize,
+    /// Timestep bits → (`time_embedding` output, SiLU(time_embedding + aug)).
+    temb: Mutex<HashMap<u64, (Tensor, Tensor)>>,
+}
+
+impl UNetConditioning {
+    /// The batch size the conditioning was prepared for.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+}
 
 impl SdxlUNet {
     /// Builds the UNet from `vb` (diffusers names) for `cfg`.
@@ -141,7 +167,7 @@ impl SdxlUNet {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(
+            conv_norm_out: GroupNorm::new(
                 cfg.norm_num_groups,
                 first,
                 cfg.norm_eps,
@@ -170,7 +196,19 @@ impl SdxlUNet {
         text_embeds: &Tensor,
         time_ids: &Tensor,
     ) -> Result<Tensor> {
-        self.run(x, timestep, context, text_embeds, time_ids, None)
+        let cond = self.prepare(context, text_embeds, time_ids)?;
+        self.run(x, timestep, &cond, None)
+    }
+
+    /// [`Self::forward`] with the per-job part ([`Self::prepare`]) done once: a sampler loop
+    /// calls this every step with the same `cond`.
+    pub fn forward_prepared(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        cond: &UNetConditioning,
+    ) -> Result<Tensor> {
+        self.run(x, timestep, cond, None)
     }
 
     /// [`Self::forward`] that also returns the outputs of `time_embedding`, `add_embedding`,
@@ -184,31 +222,58 @@ impl SdxlUNet {
         time_ids: &Tensor,
     ) -> Result<(Tensor, Intermediates)> {
         let mut trace = Vec::new();
-        let out = self.run(
-            x,
-            timestep,
-            context,
-            text_embeds,
-            time_ids,
-            Some(&mut trace),
-        )?;
+        let cond = self.prepare(context, text_embeds, time_ids)?;
+        let out = self.run(x, timestep, &cond, Some(&mut trace))?;
         Ok((out, trace))
     }
 
-    fn check_inputs(
+    /// The per-job part of a forward pass: validates the conditioning (context [B,L,2048],
+    /// text_embeds [B,1280], time_ids [B,6]) and computes the cross-attention keys/values of
+    /// every transformer block and the micro-conditioning embedding.
+    pub fn prepare(
         &self,
-        x: &Tensor,
+        context: &Tensor,
+        text_embeds: &Tensor,
+        time_ids: &Tensor,
+    ) -> Result<UNetConditioning> {
+        let b = self.check_conditioning(context, text_embeds, time_ids)?;
+        let dtype = self.dtype;
+        let context = context.to_dtype(dtype)?;
+        let mut kv = Vec::new();
+        for block in &self.down_blocks {
+            block.context_kv(&context, &mut kv)?;
+        }
+        self.mid_block.context_kv(&context, &mut kv)?;
+        for block in &self.up_blocks {
+            block.context_kv(&context, &mut kv)?;
+        }
+        // text_time micro-conditioning: add_embedding([text_embeds | sinusoid(time_ids)]).
+        let time_embeds = self
+            .add_time_proj
+            .forward(&time_ids.flatten_all()?)?
+            .reshape((b, ()))?;
+        let add_in = Tensor::cat(
+            &[&text_embeds.to_dtype(dtype)?, &time_embeds.to_dtype(dtype)?],
+            1,
+        )?;
+        let aug = self.add_embedding.forward(&add_in)?;
+        Ok(UNetConditioning {
+            kv,
+            aug,
+            batch: b,
+            temb: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn check_conditioning(
+        &self,
         context: &Tensor,
         text_embeds: &Tensor,
         time_ids: &Tensor,
     ) -> Result<usize> {
         let bad = |m: String| Err(PipelineError::Internal(format!("unet input: {m}")));
-        let (b, c, _, _) = x.dims4()?;
-        if c != self.in_channels {
-            return bad(format!("x has {c} channels, expected {}", self.in_channels));
-        }
-        let (cb, _, cd) = context.dims3()?;
-        if cb != b || cd != self.context_dim {
+        let (b, _, cd) = context.dims3()?;
+        if cd != self.context_dim {
             return bad(format!(
                 "context {:?}, expected [{b}, L, {}]",
                 context.dims(),
@@ -228,53 +293,70 @@ impl SdxlUNet {
         Ok(b)
     }
 
+    fn check_x(&self, x: &Tensor, cond: &UNetConditioning) -> Result<()> {
+        let bad = |m: String| Err(PipelineError::Internal(format!("unet input: {m}")));
+        let (b, c, _, _) = x.dims4()?;
+        if c != self.in_channels {
+            return bad(format!("x has {c} channels, expected {}", self.in_channels));
+        }
+        if b != cond.batch {
+            return bad(format!(
+                "x {:?} has batch {b}, the conditioning {}",
+                x.dims(),
+                cond.batch
+            ));
+        }
+        Ok(())
+    }
+
+    /// (`time_embedding(sinusoid(t))`, SiLU(that + aug)) for `timestep`, computed on the first
+    /// call per timestep of a job and reused after (the same schedule runs for every image).
+    fn time_embedding(&self, timestep: f64, cond: &UNetConditioning) -> Result<(Tensor, Tensor)> {
+        let key = timestep.to_bits();
+        if let Some(hit) = cond.temb.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        // f32 sinusoid, then the MLP in the model dtype.
+        let t = Timesteps::constant(cond.batch, timestep, cond.aug.device())?;
+        let t_emb = self.time_proj.forward(&t)?.to_dtype(self.dtype)?;
+        let emb = self.time_embedding.forward(&t_emb)?;
+        let silu = candle_nn::ops::silu(&(&emb + &cond.aug)?)?;
+        if let Ok(mut m) = cond.temb.lock() {
+            m.insert(key, (emb.clone(), silu.clone()));
+        }
+        Ok((emb, silu))
+    }
+
     fn run(
         &self,
         x: &Tensor,
         timestep: f64,
-        context: &Tensor,
-        text_embeds: &Tensor,
-        time_ids: &Tensor,
+        cond: &UNetConditioning,
         mut trace: Option<&mut Intermediates>,
     ) -> Result<Tensor> {
-        let b = self.check_inputs(x, context, text_embeds, time_ids)?;
+        self.check_x(x, cond)?;
         // Inputs in any float dtype are cast to the model dtype (the output's dtype).
-        let dtype = self.dtype;
-        let x = &x.to_dtype(dtype)?;
+        let x = &x.to_dtype(self.dtype)?;
         let mut record = |name: &str, t: &Tensor| {
             if let Some(tr) = trace.as_deref_mut() {
                 tr.push((name.to_string(), t.clone()));
             }
         };
-        let context = context.to_dtype(dtype)?;
-        // Time embedding: f32 sinusoid, then the MLP in the model dtype.
-        let t = Timesteps::constant(b, timestep, x.device())?;
-        let t_emb = self.time_proj.forward(&t)?.to_dtype(dtype)?;
-        let emb = self.time_embedding.forward(&t_emb)?;
+        let (emb, temb) = self.time_embedding(timestep, cond)?;
         record("time_embedding", &emb);
-        // text_time micro-conditioning: add_embedding([text_embeds | sinusoid(time_ids)]).
-        let time_embeds = self
-            .add_time_proj
-            .forward(&time_ids.flatten_all()?)?
-            .reshape((b, ()))?;
-        let add_in = Tensor::cat(
-            &[&text_embeds.to_dtype(dtype)?, &time_embeds.to_dtype(dtype)?],
-            1,
-        )?;
-        let aug = self.add_embedding.forward(&add_in)?;
-        record("add_embedding", &aug);
-        let emb = (emb + aug)?;
+        record("add_embedding", &cond.aug);
+        let mut kv = cond.kv.iter();
 
         let mut h = self.conv_in.forward(x)?;
         record("conv_in", &h);
         let mut skips = vec![h.clone()];
         for (i, block) in self.down_blocks.iter().enumerate() {
-            let (out, s) = block.forward(&h, &emb, &context)?;
+            let (out, s) = block.forward(&h, &temb, &mut kv)?;
             h = out;
             skips.extend(s);
             record(&format!("down_blocks.{i}"), &h);
         }
-        h = self.mid_block.forward(&h, &emb, &context)?;
+        h = self.mid_block.forward(&h, &temb, &mut kv)?;
         record("mid_block", &h);
         for (i, block) in self.up_blocks.iter().enumerate() {
             let take = block.skip_count();
@@ -289,7 +371,7 @@ impl SdxlUNet {
                 }
                 None => None,
             };
-            h = block.forward(&h, &mine, &emb, &context, upsample_to)?;
+            h = block.forward(&h, &mine, &temb, &mut kv, upsample_to)?;
             record(&format!("up_blocks.{i}"), &h);
         }
         h = self.conv_norm_out.forward(&h)?;

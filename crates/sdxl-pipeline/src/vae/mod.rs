@@ -2,34 +2,40 @@
 
 mod config;
 mod decode;
+mod decoder;
+mod tiled;
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
     DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-    UpDecoderBlock2D, UpDecoderBlock2DConfig,
 };
 
 pub use config::VaeConfig;
 pub use decode::{decode_checked, is_finite};
+pub use tiled::VaeTiling;
+
+use decoder::Decoder;
 
 use crate::{PipelineError, Result};
 
 /// GroupNorm/ResNet epsilon of the diffusers VAE.
-const VAE_EPS: f64 = 1e-6;
+pub(crate) const VAE_EPS: f64 = 1e-6;
 
 /// The KL autoencoder: `encoder`, `quant_conv`, `post_quant_conv`, `decoder`.
 #[derive(Debug)]
 pub struct AutoencoderKl {
     encoder: Coder<DownEncoderBlock2D>,
-    decoder: Coder<UpDecoderBlock2D>,
+    decoder: Decoder,
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     dtype: DType,
+    /// Image pixels per latent pixel (2^(levels − 1), 8 for SDXL).
+    upscale: usize,
+    tiling: Option<VaeTiling>,
 }
 
-/// Encoder or decoder: conv_in, blocks (with the mid block before the up blocks or after the
-/// down blocks), conv_norm_out, SiLU, conv_out.
+/// The encoder: conv_in, down blocks, mid block, conv_norm_out, SiLU, conv_out (candle's blocks).
 #[derive(Debug)]
 struct Coder<B> {
     conv_in: Conv2d,
@@ -115,56 +121,6 @@ impl Coder<DownEncoderBlock2D> {
     }
 }
 
-impl Coder<UpDecoderBlock2D> {
-    fn new(
-        vb: VarBuilder,
-        cfg: &VaeConfig,
-        first: usize,
-        last: usize,
-    ) -> candle_core::Result<Self> {
-        let mut blocks = Vec::with_capacity(cfg.block_out_channels.len());
-        let mut prev = last;
-        let n = cfg.block_out_channels.len();
-        for (i, &out) in cfg.block_out_channels.iter().rev().enumerate() {
-            let bcfg = UpDecoderBlock2DConfig {
-                num_layers: cfg.layers_per_block + 1,
-                resnet_eps: VAE_EPS,
-                resnet_groups: cfg.norm_num_groups,
-                add_upsample: i + 1 != n,
-                ..Default::default()
-            };
-            blocks.push(UpDecoderBlock2D::new(
-                vb.pp("up_blocks").pp(i.to_string()),
-                prev,
-                out,
-                bcfg,
-            )?);
-            prev = out;
-        }
-        Ok(Self {
-            conv_in: conv3(vb.pp("conv_in"), cfg.latent_channels, last)?,
-            blocks,
-            mid_block: mid_block(vb.pp("mid_block"), last, cfg.norm_num_groups)?,
-            conv_norm_out: candle_nn::group_norm(
-                cfg.norm_num_groups,
-                first,
-                VAE_EPS,
-                vb.pp("conv_norm_out"),
-            )?,
-            conv_out: conv3(vb.pp("conv_out"), first, cfg.out_channels)?,
-        })
-    }
-
-    fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.mid_block.forward(&self.conv_in.forward(z)?, None)?;
-        for b in &self.blocks {
-            h = b.forward(&h)?;
-        }
-        let h = self.conv_norm_out.forward(&h)?;
-        self.conv_out.forward(&candle_nn::ops::silu(&h)?)
-    }
-}
-
 impl AutoencoderKl {
     /// Builds the VAE from `vb` (diffusers names) for `cfg`; the model dtype is `vb`'s dtype.
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
@@ -180,7 +136,7 @@ impl AutoencoderKl {
         let conv1 = |vb: VarBuilder, c: usize| candle_nn::conv2d(c, c, 1, Default::default(), vb);
         Ok(Self {
             encoder: Coder::<DownEncoderBlock2D>::new(vb.pp("encoder"), cfg, first, last)?,
-            decoder: Coder::<UpDecoderBlock2D>::new(vb.pp("decoder"), cfg, first, last)?,
+            decoder: Decoder::new(vb.pp("decoder"), cfg, first, last)?,
             quant_conv: match cfg.use_quant_conv {
                 true => Some(conv1(vb.pp("quant_conv"), 2 * lat)?),
                 false => None,
@@ -190,7 +146,20 @@ impl AutoencoderKl {
                 false => None,
             },
             dtype: vb.dtype(),
+            upscale: 1 << cfg.block_out_channels.len().saturating_sub(1),
+            tiling: Some(VaeTiling::default()),
         })
+    }
+
+    /// Decodes latents larger than `tiling.tile_latent` on a side in overlapping tiles
+    /// ([`VaeTiling`]); `None` always decodes whole. Default: [`VaeTiling::default`].
+    pub fn set_tiling(&mut self, tiling: Option<VaeTiling>) {
+        self.tiling = tiling;
+    }
+
+    /// The tiling in effect.
+    pub fn tiling(&self) -> Option<VaeTiling> {
+        self.tiling
     }
 
     /// The dtype the weights were loaded in.
@@ -199,12 +168,25 @@ impl AutoencoderKl {
     }
 
     /// Decodes latents `z` [B,4,h,w] that were already divided by the scaling factor into images
-    /// [B,3,8h,8w] in about [-1, 1] (model dtype; `z` is cast to it).
+    /// [B,3,8h,8w] in about [-1, 1] (model dtype; `z` is cast to it). Latents larger than the
+    /// tile size of [`Self::tiling`] decode in overlapping, blended tiles (diffusers'
+    /// `tiled_decode`); smaller ones decode whole, exactly as without tiling.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         let z = z.to_dtype(self.dtype)?;
+        let (_, _, h, w) = z.dims4()?;
+        match self.tiling {
+            Some(t) if h > t.tile_latent || w > t.tile_latent => {
+                tiled::decode_tiled(&z, t, self.upscale, |tile| self.decode_whole(tile))
+            }
+            _ => self.decode_whole(&z),
+        }
+    }
+
+    /// The decoder over all of `z` (model dtype) at once.
+    fn decode_whole(&self, z: &Tensor) -> Result<Tensor> {
         let z = match &self.post_quant_conv {
-            Some(c) => c.forward(&z)?,
-            None => z,
+            Some(c) => c.forward(z)?,
+            None => z.clone(),
         };
         Ok(self.decoder.forward(&z)?)
     }
