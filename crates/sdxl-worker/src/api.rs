@@ -72,6 +72,16 @@ pub async fn serve(
 pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
     logging::init_stderr();
     let handler = handler::load_handler(models_toml)?;
+    let mut config = ApiConfig {
+        uploader: crate::delivery::uploader_from_env()?,
+        ..ApiConfig::default()
+    };
+    if let Ok(bytes) = std::env::var("SDXL_MAX_RESULT_BYTES") {
+        config.max_result_bytes = bytes
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("SDXL_MAX_RESULT_BYTES is not a byte count: {bytes}"))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,7 +96,7 @@ pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<
         serve(
             listener,
             handler,
-            ApiConfig::default(),
+            config,
             crate::signals::termination(),
         )
         .await

@@ -29,6 +29,10 @@ pub struct Catalog {
     pub samplers: Vec<String>,
     /// Schedule types accepted in the `scheduler` field (lower case).
     pub schedulers: Vec<String>,
+    /// A result bucket is configured for this frontend, so `"upload": true` is accepted (set by
+    /// the frontend that owns the uploader; the A1111 routes and `local` never upload).
+    #[serde(default)]
+    pub uploads_enabled: bool,
 }
 
 impl Catalog {
@@ -58,6 +62,12 @@ impl Catalog {
             schedulers: scheduler_names().into_iter().map(|s| s.name).collect(),
             ..Self::default()
         }
+    }
+
+    /// This catalog with `uploads_enabled` set.
+    pub fn with_uploads(mut self, enabled: bool) -> Self {
+        self.uploads_enabled = enabled;
+        self
     }
 
     /// The checkpoint a job without `checkpoint` uses.

@@ -63,7 +63,7 @@ pub async fn txt2img(
     let validated =
         job::validate(&input, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
     let id = state
-        .enqueue(validated.clone())
+        .enqueue(validated.clone(), false)
         .map_err(|e| ApiError::from_job(&e))?;
     match state.wait_final(&id, TXT2IMG_WAIT).await {
         Some(JobState::Completed(out)) => Ok(Json(a1111_reply(&validated, &out))),

@@ -44,8 +44,10 @@ fn submit(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Strin
         }
     };
     let input = with_selected_checkpoint(state, input);
-    match job::validate(&input, state.handler.catalog()) {
-        Ok(validated) => state.enqueue(validated).map_err(|e| ApiError::from_job(&e)),
+    match job::validate(&input, &state.runpod_catalog()) {
+        Ok(validated) => state
+            .enqueue(validated, true)
+            .map_err(|e| ApiError::from_job(&e)),
         Err(e) => Ok(state.record_failed(e)),
     }
 }

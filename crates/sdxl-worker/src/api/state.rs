@@ -1,10 +1,13 @@
 //! Job bookkeeping of the local API: the store of jobs by id, the single background runner that
 //! executes them one at a time, and result expiry.
 
+use crate::catalog::Catalog;
+use crate::delivery;
 use crate::error::{ErrorCode, WorkerError};
 use crate::handler::{self, CancelFlag, JobHandler};
 use crate::job::ValidatedJob;
 use crate::protocol::JobOutput;
+use crate::upload::BlockingUploader;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +27,11 @@ pub struct ApiConfig {
     pub max_runsync_wait: Duration,
     /// Most jobs waiting in the queue; more are answered 429.
     pub max_queued: usize,
+    /// Largest result body of a RunPod-route job (`SDXL_MAX_RESULT_BYTES`, SPEC §4); the A1111
+    /// routes have no cap.
+    pub max_result_bytes: usize,
+    /// The result bucket of the RunPod routes (`BUCKET_*`); `None`: no bucket.
+    pub uploader: Option<Arc<BlockingUploader>>,
 }
 
 impl Default for ApiConfig {
@@ -34,6 +42,8 @@ impl Default for ApiConfig {
             default_runsync_wait: Duration::from_secs(90),
             max_runsync_wait: Duration::from_secs(300),
             max_queued: 1000,
+            max_result_bytes: crate::runpod::config::DEFAULT_MAX_RESULT_BYTES,
+            uploader: None,
         }
     }
 }
@@ -93,6 +103,8 @@ pub struct CurrentProgress {
 struct Queued {
     id: String,
     job: ValidatedJob,
+    /// A RunPod-route job: its result goes through `delivery::finish_output` (cap, upload).
+    runpod_route: bool,
 }
 
 /// Shared state of the API server.
@@ -166,8 +178,17 @@ impl ApiState {
         id
     }
 
-    /// Queues a validated job; `QUEUE_FULL` when the queue is full.
-    pub fn enqueue(&self, job: ValidatedJob) -> Result<String, WorkerError> {
+    /// The catalog RunPod-route jobs validate against (uploads enabled with a bucket).
+    pub fn runpod_catalog(&self) -> Catalog {
+        self.handler
+            .catalog()
+            .clone()
+            .with_uploads(self.config.uploader.is_some())
+    }
+
+    /// Queues a validated job; `QUEUE_FULL` when the queue is full. A `runpod_route` job's
+    /// result is capped and may be uploaded (SPEC §4); an A1111 job's is returned as is.
+    pub fn enqueue(&self, job: ValidatedJob, runpod_route: bool) -> Result<String, WorkerError> {
         let id = crate::ids::new_job_id();
         let mut jobs = lock(&self.jobs);
         self.expire(&mut jobs);
@@ -193,6 +214,7 @@ impl ApiState {
             .send(Queued {
                 id: id.clone(),
                 job,
+                runpod_route,
             })
             .map_err(|_| WorkerError::Internal("the job runner has stopped".into()))?;
         Ok(id)
@@ -312,7 +334,12 @@ impl ApiState {
 
 /// Runs queued jobs one at a time on a blocking thread.
 async fn runner(state: std::sync::Weak<ApiState>, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    while let Some(Queued { id, job }) = rx.recv().await {
+    while let Some(Queued {
+        id,
+        job,
+        runpod_route,
+    }) = rx.recv().await
+    {
         let Some(st) = state.upgrade() else { return };
         let Some(cancel) = st.take_for_run(&id) else {
             continue; // cancelled or expired while queued
@@ -337,7 +364,12 @@ async fn runner(state: std::sync::Weak<ApiState>, mut rx: mpsc::UnboundedReceive
                     JobState::InProgress(Some(json!({"step": step, "total": total}))),
                 );
             };
-            handler::run_validated(st2.handler.as_ref(), &job, &progress, &cancel)
+            let out = handler::run_validated(st2.handler.as_ref(), &job, &progress, &cancel)?;
+            if !runpod_route {
+                return Ok(out);
+            }
+            let cap = Some(st2.config.max_result_bytes);
+            delivery::finish_output(&job, out, &id2, st2.config.uploader.as_deref(), cap)
         })
         .await
         .unwrap_or_else(|e| Err(WorkerError::Internal(format!("the job thread failed: {e}"))));
