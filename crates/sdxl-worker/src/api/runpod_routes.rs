@@ -2,6 +2,7 @@
 //! ms, `/status/{id}` (GET or POST) reports, `/cancel/{id}`, `/health`.
 
 use super::error::{parse_json_body, ApiError};
+use super::guard::CancelOnDrop;
 use super::state::ApiState;
 use crate::job;
 use axum::body::Bytes;
@@ -108,7 +109,10 @@ pub async fn runsync(
         },
     };
     let id = submit(&state, body)?;
+    // A client that goes away while waiting cancels its job (SPEC §12).
+    let guard = CancelOnDrop::new(state.clone(), id.clone());
     state.wait_final(&id, wait).await;
+    guard.disarm();
     status_reply(&state, &id)
 }
 
