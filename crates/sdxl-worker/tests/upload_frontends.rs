@@ -411,6 +411,10 @@ async fn local_api_runpod_routes_upload_and_a1111_routes_do_not() {
     .await;
     assert_eq!(status, 422, "{reply}");
     assert_eq!(reply["code"], "INVALID_INPUT");
+    assert!(
+        reply["error"].as_str().unwrap().contains("A1111 routes"),
+        "{reply}"
+    );
 }
 
 /// The local API without a bucket: `"upload": true` fails validation; the RunPod routes' cap

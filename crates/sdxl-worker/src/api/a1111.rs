@@ -60,6 +60,14 @@ pub async fn txt2img(
             "the body must be a JSON object",
         ));
     };
+    if state.config.uploader.is_some() && obj.get("upload") == Some(&Value::Bool(true)) {
+        // With a bucket, "no bucket configured" (the validator's word) would mislead.
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid input: `upload` is not available on the A1111 routes (their replies carry \
+             the images); use /run or /runsync",
+        ));
+    }
     let input = with_selected_checkpoint(&state, Value::Object(a1111_to_input(obj)));
     let validated =
         job::validate(&input, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
