@@ -4,6 +4,7 @@
 
 mod a1111;
 pub mod error;
+pub mod guard;
 mod runpod_routes;
 pub mod state;
 
@@ -51,6 +52,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -68,10 +73,36 @@ pub async fn serve(
     Ok(())
 }
 
+/// The warning for an API reachable from other hosts without a token (`None` when bound to
+/// loopback or protected by `SDXL_API_TOKEN`).
+pub fn exposure_warning(addr: &SocketAddr, has_token: bool) -> Option<String> {
+    (!has_token && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "the local API listens on {addr}, which is not loopback, without a token: anyone who \
+             can reach it can run jobs; set {} to require `Authorization: Bearer <token>`",
+            guard::API_TOKEN_ENV
+        )
+    })
+}
+
 /// Serves the local HTTP API on `host:port` until SIGTERM or SIGINT (requests in flight finish).
 pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
     logging::init_stderr();
     let handler = handler::load_handler(models_toml)?;
+    let mut config = ApiConfig {
+        uploader: crate::delivery::uploader_from_env()?,
+        api_token: std::env::var(guard::API_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| crate::upload::Secret::new(t.trim())),
+        ..ApiConfig::default()
+    };
+    if let Ok(bytes) = std::env::var("SDXL_MAX_RESULT_BYTES") {
+        config.max_result_bytes = bytes
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("SDXL_MAX_RESULT_BYTES is not a byte count: {bytes}"))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -82,11 +113,14 @@ pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<
             format!("[{host}]:{port}").parse::<SocketAddr>()
         })?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        if let Some(warning) = exposure_warning(&addr, config.api_token.is_some()) {
+            tracing::warn!("{warning}");
+        }
         tracing::info!("local API listening on http://{addr} (RunPod routes, /v2/<endpoint>/..., /sdapi/v1/...)");
         serve(
             listener,
             handler,
-            ApiConfig::default(),
+            config,
             crate::signals::termination(),
         )
         .await

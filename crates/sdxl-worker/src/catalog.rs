@@ -31,6 +31,10 @@ pub struct Catalog {
     pub schedulers: Vec<String>,
     /// Pixel budgets checked at validation.
     pub budgets: Budgets,
+    /// A result bucket is configured for this frontend, so `"upload": true` is accepted (set by
+    /// the frontend that owns the uploader; the A1111 routes and `local` never upload).
+    #[serde(default)]
+    pub uploads_enabled: bool,
 }
 
 /// Env var: most output pixels of one image.
@@ -102,6 +106,12 @@ impl Catalog {
             schedulers: scheduler_names().into_iter().map(|s| s.name).collect(),
             ..Self::default()
         }
+    }
+
+    /// This catalog with `uploads_enabled` set.
+    pub fn with_uploads(mut self, enabled: bool) -> Self {
+        self.uploads_enabled = enabled;
+        self
     }
 
     /// The checkpoint a job without `checkpoint` uses.

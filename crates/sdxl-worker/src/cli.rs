@@ -149,4 +149,8 @@ pub struct JobFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<u8>,
+    /// Upload the images to the `BUCKET_*` bucket and print presigned URLs (no local files).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub upload: bool,
 }

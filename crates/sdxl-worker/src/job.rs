@@ -40,6 +40,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "output_format",
     "quality",
     "override_settings",
+    "upload",
 ];
 
 /// A1111 `override_settings` keys the worker honours, and the job field each one stands for
@@ -64,6 +65,8 @@ pub struct ValidatedJob {
     pub seed_was_random: bool,
     /// Validation warnings (ignored fields), to be returned with the output.
     pub warnings: Vec<String>,
+    /// The job asked for its images in the bucket (`"upload": true`, SPEC §4).
+    pub upload: bool,
 }
 
 impl ValidatedJob {
@@ -146,6 +149,7 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     let checkpoint = c.checkpoint(catalog);
     let loras = c.loras(catalog);
     let output_format = c.output_format();
+    let upload = c.upload(catalog);
 
     c.pixel_budgets(&catalog.budgets, width, height, batch_size);
 
@@ -208,6 +212,7 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
         output_format: output_format.unwrap_or_default(),
         seed_was_random,
         warnings,
+        upload,
     })
 }
 
@@ -625,6 +630,27 @@ impl<'a> Checker<'a> {
             }
         }
         ok.then_some(out)
+    }
+
+    /// `upload`: a boolean (nothing coerced); `true` needs a configured bucket.
+    fn upload(&mut self, catalog: &Catalog) -> bool {
+        let Some((_, v)) = self.get(&["upload"]) else {
+            return false;
+        };
+        match v.as_bool() {
+            Some(true) if !catalog.uploads_enabled => {
+                self.problem(
+                    "`upload` is true but no bucket configured (BUCKET_ENDPOINT_URL, SPEC §4)"
+                        .to_string(),
+                );
+                false
+            }
+            Some(b) => b,
+            None => {
+                self.problem(format!("`upload` must be a boolean, got {}", describe(v)));
+                false
+            }
+        }
     }
 
     fn output_format(&mut self) -> Option<ImageFormat> {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
+pub mod delivery;
 pub mod download;
 pub mod error;
 pub mod fetch;

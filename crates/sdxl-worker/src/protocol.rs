@@ -22,8 +22,13 @@ pub struct Timings {
 /// A successful job (SPEC §4), posted as `{"output": <this>}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobOutput {
-    /// Bare base64 images (no `data:` prefix), in batch order.
+    /// Bare base64 images (no `data:` prefix), in batch order. Empty, and then not serialized,
+    /// when the images were uploaded (SPEC §4: `image_urls` and no `images` key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<String>,
+    /// Presigned GET URLs of the uploaded images, in batch order (only when uploaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_urls: Option<Vec<String>>,
     /// Every effective parameter, seeds as a list (see `ValidatedJob::parameters`).
     pub parameters: serde_json::Value,
     /// A1111 infotext of the first image.

@@ -15,8 +15,10 @@ use sdxl_pipeline::checkpoint::VaeOverride;
 use serde_json::{Map, Value};
 
 use crate::cli::RenderArgs;
+use crate::error::WorkerError;
 use crate::job;
 use crate::runtime::{self, CliOverrides, Location, ModelRuntime, RenderPlan, ResolvedLora};
+use crate::upload::{BlockingUploader, UploadItem};
 
 /// Renders images locally as described by the flags.
 pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -48,7 +50,13 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
         .resolve_checkpoint(reference.as_deref(), &cli)
         .map_err(tagged)?;
     // A path checkpoint gets no default LoRAs (models.toml's defaults belong to its checkpoints).
-    let mut catalog = runtime.catalog().clone();
+    // `--upload` (or `"upload": true` in the job file) needs the `BUCKET_*` bucket.
+    let uploader = if fields.get("upload") == Some(&Value::Bool(true)) {
+        crate::delivery::uploader_from_env()?
+    } else {
+        None
+    };
+    let mut catalog = runtime.catalog().clone().with_uploads(uploader.is_some());
     if matches!(checkpoint.location, Location::Path(_)) {
         catalog.default_loras.clear();
     }
@@ -77,7 +85,7 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
 
     eprintln!("loading {} (first use downloads it) ...", checkpoint.label);
     let plan = RenderPlan { checkpoint, loras };
-    render_and_write(&runtime, &job, &plan, &args.out)?;
+    render_and_write(&runtime, &job, &plan, &args.out, uploader.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -91,6 +99,7 @@ fn render_and_write(
     job: &job::ValidatedJob,
     plan: &RenderPlan,
     out: &Path,
+    uploader: Option<&BlockingUploader>,
 ) -> anyhow::Result<()> {
     let total = u64::from(job.request.steps) * u64::from(job.request.batch_size);
     let bar = ProgressBar::new(total);
@@ -110,7 +119,21 @@ fn render_and_write(
         eprintln!("warning: {w}");
     }
     let n = rendered.images.len();
-    for (i, image) in rendered.images.iter().enumerate() {
+    if let (true, Some(uploader)) = (job.upload, uploader) {
+        let job_id = crate::ids::new_job_id().replacen("test-", "render-", 1);
+        let items: Vec<UploadItem> = rendered
+            .images
+            .iter()
+            .map(|i| UploadItem::from_format(i.bytes.clone(), job.output_format))
+            .collect();
+        let urls = uploader
+            .upload_images(&job_id, &items)
+            .map_err(|e| tagged(WorkerError::UploadFailed(format!("uploading failed: {e}"))))?;
+        for (url, image) in urls.iter().zip(&rendered.images) {
+            println!("{url} (seed {})", image.seed);
+        }
+    }
+    for (i, image) in rendered.images.iter().enumerate().filter(|_| !job.upload) {
         let path = output_path(out, i, n);
         std::fs::write(&path, &image.bytes)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -191,7 +214,6 @@ fn lora_from_flag(
     runtime: &ModelRuntime,
     spec: &str,
 ) -> Result<ResolvedLora, crate::error::WorkerError> {
-    use crate::error::WorkerError;
     let (target, scale) = match spec.rsplit_once(':') {
         Some((head, tail)) if !head.is_empty() => match tail.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => (head, Some(v)),

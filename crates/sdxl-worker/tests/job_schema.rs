@@ -497,3 +497,22 @@ fn result_body_text_matches_result_body() {
         assert_eq!(with_stop, protocol::result_body(&r));
     }
 }
+
+#[test]
+fn upload_is_a_strict_boolean_that_needs_a_bucket() {
+    let j = ok(json!({"prompt": "a cat"}));
+    assert!(!j.upload);
+    let j = ok(json!({"prompt": "a cat", "upload": false}));
+    assert!(!j.upload && j.warnings.is_empty(), "{:?}", j.warnings);
+    let e = err(json!({"prompt": "a cat", "upload": true}));
+    assert_eq!(e.code(), ErrorCode::InvalidInput);
+    assert!(e.message().contains("no bucket configured"), "{e}");
+    let with_bucket = catalog().with_uploads(true);
+    let j = validate(&json!({"prompt": "a cat", "upload": true}), &with_bucket).unwrap();
+    assert!(j.upload);
+    for bad in [json!(1), json!("true"), json!([true]), json!({})] {
+        let e = validate(&json!({"prompt": "a cat", "upload": bad}), &with_bucket).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidInput);
+        assert!(e.message().contains("`upload` must be a boolean"), "{e}");
+    }
+}

@@ -2,6 +2,7 @@
 //! (`sd_model_checkpoint` switches the default checkpoint), `progress`, `samplers`, `loras`.
 
 use super::error::{parse_json_body, ApiError};
+use super::guard::CancelOnDrop;
 use super::runpod_routes::with_selected_checkpoint;
 use super::state::{ApiState, JobState};
 use crate::error::WorkerError;
@@ -59,13 +60,25 @@ pub async fn txt2img(
             "the body must be a JSON object",
         ));
     };
+    if state.config.uploader.is_some() && obj.get("upload") == Some(&Value::Bool(true)) {
+        // With a bucket, "no bucket configured" (the validator's word) would mislead.
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid input: `upload` is not available on the A1111 routes (their replies carry \
+             the images); use /run or /runsync",
+        ));
+    }
     let input = with_selected_checkpoint(&state, Value::Object(a1111_to_input(obj)));
     let validated =
         job::validate(&input, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
     let id = state
-        .enqueue(validated.clone())
+        .enqueue(validated.clone(), false)
         .map_err(|e| ApiError::from_job(&e))?;
-    match state.wait_final(&id, TXT2IMG_WAIT).await {
+    // A client that goes away while waiting cancels its job (SPEC §12).
+    let guard = CancelOnDrop::new(state.clone(), id.clone());
+    let finished = state.wait_final(&id, TXT2IMG_WAIT).await;
+    guard.disarm();
+    match finished {
         Some(JobState::Completed(out)) => Ok(Json(a1111_reply(&validated, &out))),
         Some(JobState::Failed(e)) => Err(ApiError::from_job(&e)),
         Some(JobState::Cancelled) => Err(ApiError::from_job(&WorkerError::Cancelled(

@@ -2,6 +2,7 @@
 //! ms, `/status/{id}` (GET or POST) reports, `/cancel/{id}`, `/health`.
 
 use super::error::{parse_json_body, ApiError};
+use super::guard::CancelOnDrop;
 use super::state::ApiState;
 use crate::job;
 use axum::body::Bytes;
@@ -44,8 +45,10 @@ fn submit(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Strin
         }
     };
     let input = with_selected_checkpoint(state, input);
-    match job::validate(&input, state.handler.catalog()) {
-        Ok(validated) => state.enqueue(validated).map_err(|e| ApiError::from_job(&e)),
+    match job::validate(&input, &state.runpod_catalog()) {
+        Ok(validated) => state
+            .enqueue(validated, true)
+            .map_err(|e| ApiError::from_job(&e)),
         Err(e) => Ok(state.record_failed(e)),
     }
 }
@@ -106,7 +109,10 @@ pub async fn runsync(
         },
     };
     let id = submit(&state, body)?;
+    // A client that goes away while waiting cancels its job (SPEC §12).
+    let guard = CancelOnDrop::new(state.clone(), id.clone());
     state.wait_final(&id, wait).await;
+    guard.disarm();
     status_reply(&state, &id)
 }
 

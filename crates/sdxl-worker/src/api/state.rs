@@ -1,10 +1,13 @@
 //! Job bookkeeping of the local API: the store of jobs by id, the single background runner that
 //! executes them one at a time, and result expiry.
 
+use crate::catalog::Catalog;
+use crate::delivery;
 use crate::error::{ErrorCode, WorkerError};
 use crate::handler::{self, CancelFlag, JobHandler};
 use crate::job::ValidatedJob;
 use crate::protocol::JobOutput;
+use crate::upload::{BlockingUploader, Secret};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +27,18 @@ pub struct ApiConfig {
     pub max_runsync_wait: Duration,
     /// Most jobs waiting in the queue; more are answered 429.
     pub max_queued: usize,
+    /// Largest result body of a RunPod-route job (`SDXL_MAX_RESULT_BYTES`, SPEC §4); the A1111
+    /// routes have no cap.
+    pub max_result_bytes: usize,
+    /// The result bucket of the RunPod routes (`BUCKET_*`); `None`: no bucket.
+    pub uploader: Option<Arc<BlockingUploader>>,
+    /// Bearer token every route but `/health` requires (`SDXL_API_TOKEN`); `None`: open.
+    pub api_token: Option<Secret>,
+    /// Most job records kept; beyond it the oldest finished ones are dropped (1000).
+    pub max_records: usize,
+    /// Most bytes of stored results (serialized outputs and errors); beyond it the oldest
+    /// finished records are dropped (512 MiB).
+    pub max_record_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -34,6 +49,11 @@ impl Default for ApiConfig {
             default_runsync_wait: Duration::from_secs(90),
             max_runsync_wait: Duration::from_secs(300),
             max_queued: 1000,
+            max_result_bytes: crate::runpod::config::DEFAULT_MAX_RESULT_BYTES,
+            uploader: None,
+            api_token: None,
+            max_records: 1000,
+            max_record_bytes: 512 << 20,
         }
     }
 }
@@ -77,6 +97,8 @@ struct JobRecord {
     created: Instant,
     started: Option<Instant>,
     finished: Option<Instant>,
+    /// Stored size of the final state (0 until final).
+    bytes: usize,
 }
 
 /// Progress of the running job, for `/sdapi/v1/progress`.
@@ -93,6 +115,8 @@ pub struct CurrentProgress {
 struct Queued {
     id: String,
     job: ValidatedJob,
+    /// A RunPod-route job: its result goes through `delivery::finish_output` (cap, upload).
+    runpod_route: bool,
 }
 
 /// Shared state of the API server.
@@ -106,6 +130,9 @@ pub struct ApiState {
     current: Mutex<Option<CurrentProgress>>,
     checkpoint: Mutex<Option<String>>,
 }
+
+/// Bytes counted for a finished record besides its output or error text.
+const RECORD_BASE_BYTES: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -143,8 +170,34 @@ impl ApiState {
     }
 
     fn expire(&self, jobs: &mut HashMap<String, JobRecord>) {
+        self.evict(jobs);
+    }
+
+    /// Drops finished records past the TTL, then the oldest finished ones while the store holds
+    /// more than `max_records` records or `max_record_bytes` bytes (never the newest finished
+    /// record, whose client may be about to read it, nor a queued or running job).
+    fn evict(&self, jobs: &mut HashMap<String, JobRecord>) {
         let ttl = self.config.result_ttl;
         jobs.retain(|_, r| r.finished.is_none_or(|f| f.elapsed() < ttl));
+        let mut bytes: usize = jobs.values().map(|r| r.bytes).sum();
+        let mut count = jobs.len();
+        if count <= self.config.max_records && bytes <= self.config.max_record_bytes {
+            return;
+        }
+        let mut finished: Vec<(Instant, String, usize)> = jobs
+            .iter()
+            .filter_map(|(id, r)| r.finished.map(|f| (f, id.clone(), r.bytes)))
+            .collect();
+        finished.sort_unstable_by_key(|(f, _, _)| *f);
+        finished.pop(); // the newest stays
+        for (_, id, size) in finished {
+            if count <= self.config.max_records && bytes <= self.config.max_record_bytes {
+                break;
+            }
+            jobs.remove(&id);
+            count -= 1;
+            bytes = bytes.saturating_sub(size);
+        }
     }
 
     /// Records a job that failed before it could be queued (validation); returns its id.
@@ -161,13 +214,23 @@ impl ApiState {
                 created: now,
                 started: None,
                 finished: Some(now),
+                bytes: RECORD_BASE_BYTES,
             },
         );
         id
     }
 
-    /// Queues a validated job; `QUEUE_FULL` when the queue is full.
-    pub fn enqueue(&self, job: ValidatedJob) -> Result<String, WorkerError> {
+    /// The catalog RunPod-route jobs validate against (uploads enabled with a bucket).
+    pub fn runpod_catalog(&self) -> Catalog {
+        self.handler
+            .catalog()
+            .clone()
+            .with_uploads(self.config.uploader.is_some())
+    }
+
+    /// Queues a validated job; `QUEUE_FULL` when the queue is full. A `runpod_route` job's
+    /// result is capped and may be uploaded (SPEC §4); an A1111 job's is returned as is.
+    pub fn enqueue(&self, job: ValidatedJob, runpod_route: bool) -> Result<String, WorkerError> {
         let id = crate::ids::new_job_id();
         let mut jobs = lock(&self.jobs);
         self.expire(&mut jobs);
@@ -186,6 +249,7 @@ impl ApiState {
                 created: Instant::now(),
                 started: None,
                 finished: None,
+                bytes: 0,
             },
         );
         drop(jobs);
@@ -193,6 +257,7 @@ impl ApiState {
             .send(Queued {
                 id: id.clone(),
                 job,
+                runpod_route,
             })
             .map_err(|_| WorkerError::Internal("the job runner has stopped".into()))?;
         Ok(id)
@@ -292,13 +357,22 @@ impl ApiState {
 
     fn set_state(&self, id: &str, state: JobState) {
         let mut jobs = lock(&self.jobs);
-        if let Some(r) = jobs.get_mut(id) {
-            if state.is_final() {
-                r.finished = Some(Instant::now());
-            } else if matches!(state, JobState::InProgress(None)) {
-                r.started = Some(Instant::now());
-            }
-            r.state.send_replace(state);
+        let Some(r) = jobs.get_mut(id) else { return };
+        let finished = state.is_final();
+        if finished {
+            r.finished = Some(Instant::now());
+            r.bytes = RECORD_BASE_BYTES
+                + match &state {
+                    JobState::Completed(out) => delivery::serialized_len(out),
+                    JobState::Failed(e) => e.message().len(),
+                    _ => 0,
+                };
+        } else if matches!(state, JobState::InProgress(None)) {
+            r.started = Some(Instant::now());
+        }
+        r.state.send_replace(state);
+        if finished {
+            self.evict(&mut jobs);
         }
     }
 
@@ -312,7 +386,12 @@ impl ApiState {
 
 /// Runs queued jobs one at a time on a blocking thread.
 async fn runner(state: std::sync::Weak<ApiState>, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    while let Some(Queued { id, job }) = rx.recv().await {
+    while let Some(Queued {
+        id,
+        job,
+        runpod_route,
+    }) = rx.recv().await
+    {
         let Some(st) = state.upgrade() else { return };
         let Some(cancel) = st.take_for_run(&id) else {
             continue; // cancelled or expired while queued
@@ -337,7 +416,12 @@ async fn runner(state: std::sync::Weak<ApiState>, mut rx: mpsc::UnboundedReceive
                     JobState::InProgress(Some(json!({"step": step, "total": total}))),
                 );
             };
-            handler::run_validated(st2.handler.as_ref(), &job, &progress, &cancel)
+            let out = handler::run_validated(st2.handler.as_ref(), &job, &progress, &cancel)?;
+            if !runpod_route {
+                return Ok(out);
+            }
+            let cap = Some(st2.config.max_result_bytes);
+            delivery::finish_output(&job, out, &id2, st2.config.uploader.as_deref(), cap)
         })
         .await
         .unwrap_or_else(|e| Err(WorkerError::Internal(format!("the job thread failed: {e}"))));

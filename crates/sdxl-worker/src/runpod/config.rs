@@ -1,8 +1,10 @@
 //! Configuration of the production loop from the `RUNPOD_*` environment (runpod.md §1), with
 //! every interval and timeout adjustable so tests run in seconds.
 
+use crate::upload::BlockingUploader;
 use anyhow::Context as _;
 use reqwest::Url;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default cap on the serialized result body (SPEC §4): 9 MB, below RunPod's 10 MB `/run` limit.
@@ -59,6 +61,9 @@ pub struct RunpodConfig {
     pub stop_unsupported_wait: Duration,
     /// Add `"stopPod": true` to every result and exit after the first job (`SDXL_REFRESH_WORKER`).
     pub refresh_worker: bool,
+    /// The result bucket (`BUCKET_*`, SPEC §4): results go there when a job asks or when they
+    /// would exceed `max_result_bytes`. `None`: no bucket.
+    pub uploader: Option<Arc<BlockingUploader>>,
 }
 
 impl RunpodConfig {
@@ -88,12 +93,15 @@ impl RunpodConfig {
             stop_error_wait: Duration::from_secs(1),
             stop_unsupported_wait: Duration::from_secs(300),
             refresh_worker: false,
+            uploader: None,
         }
     }
 
     /// Reads the process environment.
     pub fn from_env() -> anyhow::Result<Self> {
-        Self::from_vars(|k| std::env::var(k).ok())
+        let mut cfg = Self::from_vars(|k| std::env::var(k).ok())?;
+        cfg.uploader = crate::delivery::uploader_from_env()?;
+        Ok(cfg)
     }
 
     /// Reads configuration through `get` (the environment in production, a map in tests).

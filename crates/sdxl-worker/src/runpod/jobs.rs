@@ -5,7 +5,7 @@ use super::{Cancels, InProgress, RunpodClient, Shutdown, HARD_STOP_MARGIN};
 use crate::error::WorkerError;
 use crate::handler::{self, CancelFlag, JobHandler};
 use crate::protocol::{self, JobOutput};
-use crate::{job, logging};
+use crate::{delivery, job, logging};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,7 +60,7 @@ pub(super) async fn process(ctx: &JobContext, job_obj: Value) -> bool {
         ctx.shutdown.clone(),
     ));
     let result = tokio::select! {
-        r = run(ctx, &job_obj, tx.clone(), cancel.clone()) => r,
+        r = run(ctx, &id, &job_obj, tx.clone(), cancel.clone()) => r,
         _ = hard_stop(&ctx.shutdown) => Err(WorkerError::Cancelled(
             "the worker is shutting down and the job did not stop within the grace period".into(),
         )),
@@ -100,6 +100,7 @@ pub(super) async fn process(ctx: &JobContext, job_obj: Value) -> bool {
 
 async fn run(
     ctx: &JobContext,
+    id: &str,
     job_obj: &Value,
     tx: mpsc::UnboundedSender<Outgoing>,
     cancel: CancelFlag,
@@ -113,15 +114,25 @@ async fn run(
         Some(input) => input,
     };
     // Validate on the async side: an invalid job never reaches the GPU thread.
-    let validated = job::validate(input, ctx.handler.catalog())?;
+    let cfg = ctx.client.config();
+    let (uploader, cap) = (cfg.uploader.clone(), cfg.max_result_bytes);
+    let catalog = ctx
+        .handler
+        .catalog()
+        .clone()
+        .with_uploads(uploader.is_some());
+    let validated = job::validate(input, &catalog)?;
     let handler = ctx.handler.clone();
+    let id = id.to_string();
     let joined = tokio::task::spawn_blocking(move || {
         let progress = move |step: u32, total: u32| {
             let _ = tx.send(Outgoing::Progress(
                 serde_json::json!({"step": step, "total": total}),
             ));
         };
-        handler::run_validated(handler.as_ref(), &validated, &progress, &cancel)
+        handler::run_validated(handler.as_ref(), &validated, &progress, &cancel).and_then(|out| {
+            delivery::finish_output(&validated, out, &id, uploader.as_deref(), Some(cap))
+        })
     })
     .await;
     joined.unwrap_or_else(|e| Err(WorkerError::Internal(format!("the job thread failed: {e}"))))

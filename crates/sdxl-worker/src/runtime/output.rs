@@ -61,6 +61,7 @@ impl Rendered {
         warnings.extend(self.warnings);
         JobOutput {
             images: self.images.iter().map(|i| to_base64(&i.bytes)).collect(),
+            image_urls: None,
             parameters: job.parameters(),
             info: infotexts.first().cloned().unwrap_or_default(),
             infotexts,
