@@ -88,7 +88,7 @@ pub fn exposure_warning(addr: &SocketAddr, has_token: bool) -> Option<String> {
 /// Serves the local HTTP API on `host:port` until SIGTERM or SIGINT (requests in flight finish).
 pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<ExitCode> {
     logging::init_stderr();
-    let handler = handler::load_handler(models_toml)?;
+    let grace = crate::signals::shutdown_grace_from_env()?;
     let mut config = ApiConfig {
         uploader: crate::delivery::uploader_from_env()?,
         api_token: std::env::var(guard::API_TOKEN_ENV)
@@ -107,7 +107,28 @@ pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let models_toml = models_toml.map(Path::to_path_buf);
+    let served = runtime.block_on(async {
+        // Signals are handled from the start (also while models load or download).
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::signals::termination().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let load = tokio::task::spawn_blocking(move || handler::load_handler(models_toml.as_deref()));
+        let handler = tokio::select! {
+            loaded = load => loaded??,
+            _ = stopped => {
+                tracing::info!("stopped while loading models");
+                return Ok(());
+            }
+        };
         let host = if host == "localhost" { "127.0.0.1" } else { host };
         let addr: SocketAddr = format!("{host}:{port}").parse().or_else(|_| {
             format!("[{host}]:{port}").parse::<SocketAddr>()
@@ -117,13 +138,25 @@ pub fn run(host: &str, port: u16, models_toml: Option<&Path>) -> anyhow::Result<
             tracing::warn!("{warning}");
         }
         tracing::info!("local API listening on http://{addr} (RunPod routes, /v2/<endpoint>/..., /sdapi/v1/...)");
-        serve(
-            listener,
-            handler,
-            config,
-            crate::signals::termination(),
-        )
-        .await
-    })?;
+        let mut shutdown_rx = stop_rx.clone();
+        let shutdown = async move {
+            let _ = shutdown_rx.wait_for(|s| *s).await;
+        };
+        let serving = serve(listener, handler, config, shutdown);
+        tokio::pin!(serving);
+        tokio::select! {
+            r = &mut serving => r,
+            // Requests still in flight (a waiting /runsync or txt2img) get the grace period.
+            _ = async {
+                let _ = stop_rx.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("the shutdown grace period of {grace:?} is over: stopping with requests in flight");
+                Ok(())
+            }
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,23 @@
 /// Exit code after a second signal (128 + SIGTERM, what a shell reports for a killed process).
 pub const SECOND_SIGNAL_EXIT_CODE: i32 = 143;
 
+/// Env var: how long a stopping worker lets the running job (or in-flight API requests) finish.
+pub const SHUTDOWN_GRACE_ENV: &str = "SDXL_SHUTDOWN_GRACE_S";
+
+/// `SDXL_SHUTDOWN_GRACE_S` (whole seconds), default 20 s.
+pub fn shutdown_grace_from_env() -> anyhow::Result<std::time::Duration> {
+    match std::env::var(SHUTDOWN_GRACE_ENV) {
+        Err(_) => Ok(std::time::Duration::from_secs(20)),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| {
+                anyhow::anyhow!("{SHUTDOWN_GRACE_ENV} is not a whole number of seconds: {v}")
+            }),
+    }
+}
+
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C only, off Unix) and logs which one arrived;
 /// from then on, a second SIGTERM or SIGINT exits the process at once.
 pub async fn termination() {

@@ -412,3 +412,71 @@ async fn sigterm_mid_download_exits_zero_without_taking_a_job() {
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert!(fake.takes().is_empty(), "no job is taken while stopping");
 }
+
+/// The local API on the real model stops on SIGTERM like the RunPod loop: a request still
+/// waiting for a long job gets the grace period, then the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_local_api_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("models.toml");
+    std::fs::write(&toml, tiny_models_text(&dir.path().join("cache"))).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RUNPOD_") || k.starts_with("SDXL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["api", "--port", &port.to_string()])
+        .env("SDXL_MODELS_TOML", &toml)
+        .env("SDXL_DEVICE", "cpu")
+        .env("SDXL_SHUTDOWN_GRACE_S", "2")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_until(Duration::from_secs(60), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok())
+        .await
+    );
+    let long = json!({"input": {"prompt": "a cat", "steps": 150, "batch_size": 8, "width": 64,
+        "height": 64, "seed": 1, "sampler_name": "Euler"}});
+    let client = reqwest::Client::new();
+    let url = format!("{base}/runsync?wait=300000");
+    let waiting = tokio::spawn(async move { client.post(url).json(&long).send().await });
+    let progress = reqwest::Client::new();
+    let started = wait_until(Duration::from_secs(30), || {
+        let p = progress.clone();
+        let u = format!("{base}/sdapi/v1/progress");
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async { p.get(u).send().await.ok()?.json::<Value>().await.ok() })
+        })
+        .join()
+        .ok()
+        .flatten()
+        .is_some_and(|v| v["state"]["sampling_step"].as_u64().unwrap_or(0) > 0)
+    })
+    .await;
+    assert!(started, "the job did not start");
+    let t0 = Instant::now();
+    signal(child.id(), "-TERM");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    waiting.abort();
+}
