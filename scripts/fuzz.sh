@@ -18,7 +18,7 @@ SECONDS_EACH=${1:-600}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(safetensors_header lora_parser models_toml)
+  TARGETS=(safetensors_header lora_parser models_toml job_validation png_info)
 fi
 export RUSTC_BOOTSTRAP=${RUSTC_BOOTSTRAP:-1}
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/target}
