@@ -5,9 +5,9 @@
 //! it may carry a token), which strong `ETag` and which total size the partial bytes belong to.
 //! A later holder adopts a leftover `.part` only when all three are known and the URL matches,
 //! and resumes with `Range` + `If-Range: <etag>`, so a file that changed on the server starts
-//! over instead of splicing old and new bytes. The sha256 that gates the rename is of the bytes
-//! on disk: an adopted prefix is hashed from the file, the rest as this process writes it (no
-//! other process writes the file while the lock is held), and the length on disk is checked.
+//! over instead of splicing old and new bytes. The sha256 that gates the rename is read back from
+//! the finished file on disk, and must equal the hash of the bytes received (an adopted prefix
+//! hashed from the file, the rest as this process wrote it); the length on disk is checked too.
 
 use super::lock::FileLock;
 use super::options::DownloadOptions;
@@ -683,7 +683,7 @@ impl Downloader {
             .sync_all()
             .await
             .map_err(DownloadError::io(req.name, "cannot sync", &part.path))?;
-        let sha = hex::encode(part.hasher.clone().finalize());
+        let streamed_sha = hex::encode(part.hasher.clone().finalize());
         let bytes = part.written;
         let part_path = part.path.clone();
         drop(part);
@@ -697,6 +697,25 @@ impl Downloader {
                 name: req.name.to_string(),
                 got: on_disk,
                 expected: bytes,
+            });
+        }
+        // The hash that gates the rename is read back from the file on disk; it must also equal
+        // the hash of the bytes this process received (anything else means the file was
+        // changed under us).
+        let p = part_path.clone();
+        let sha = tokio::task::spawn_blocking(move || super::verify::sha256_file(&p))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(DownloadError::io(req.name, "cannot hash", &part_path))?;
+        if sha != streamed_sha {
+            remove_part(req);
+            return Err(DownloadError::Invalid {
+                name: req.name.to_string(),
+                file: req.dest.to_path_buf(),
+                problem: "the partial file on disk differs from the bytes received (was it \
+                          written by another process?); downloading again will fix it"
+                    .into(),
             });
         }
         if let Some(expected) = req.sha256 {
