@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod device;
+pub mod embedding;
 pub mod error;
 mod layers;
 pub mod lora;

@@ -22,7 +22,7 @@ fn invalid(path: &Path, reason: String) -> PipelineError {
     }
 }
 
-fn candle_dtype(d: Dtype) -> Option<DType> {
+pub(crate) fn candle_dtype(d: Dtype) -> Option<DType> {
     Some(match d {
         Dtype::F16 => DType::F16,
         Dtype::BF16 => DType::BF16,

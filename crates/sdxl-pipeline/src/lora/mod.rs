@@ -4,7 +4,7 @@
 //! weights of a loaded model in place ([`LiveWeights`]).
 
 mod deltas;
-mod file;
+pub(crate) mod file;
 mod keys;
 mod live;
 
