@@ -8,6 +8,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::checkpoint::{Checkpoint, Component};
+use crate::embedding::TextualInversion;
 use crate::lora::{LiveWeights, LoraSet, SwitchOutcome};
 use crate::noise::{TorchGenerator, TorchNoiseSource};
 use crate::output::RgbImage;
@@ -212,6 +213,16 @@ impl SdxlModel {
             }
         }
         Ok(rewritten)
+    }
+
+    /// Replaces the textual-inversion embeddings prompts may name (SPEC §5a).
+    pub fn set_embeddings(&mut self, embeddings: Vec<TextualInversion>) -> Result<()> {
+        self.prompt_encoder.set_embeddings(embeddings)
+    }
+
+    /// The textual-inversion embeddings prompts may name.
+    pub fn embeddings(&self) -> &[TextualInversion] {
+        self.prompt_encoder.embeddings()
     }
 
     /// The cache key of the merged LoRA set (`None` after a failed switch).

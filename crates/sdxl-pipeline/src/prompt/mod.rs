@@ -11,6 +11,7 @@ pub use tokens::{ChunkedPrompt, EncodingKind, PromptTokenizer};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::embedding::TextualInversion;
 use crate::text_encoder::ClipTextEncoder;
 use crate::tokenizer::SEQ_LEN;
 use crate::{PipelineError, Result};
@@ -76,6 +77,8 @@ pub struct PromptEncoder {
     te1: ClipTextEncoder,
     te2: ClipTextEncoder,
     max_chunks: usize,
+    /// Textual-inversion embeddings prompts may name (SPEC §5a).
+    embeddings: Vec<TextualInversion>,
 }
 
 impl PromptEncoder {
@@ -98,7 +101,32 @@ impl PromptEncoder {
             te1,
             te2,
             max_chunks: DEFAULT_MAX_CHUNKS,
+            embeddings: Vec::new(),
         })
+    }
+
+    /// Replaces the textual-inversion embeddings prompts may name. Each must have one vector
+    /// width per text encoder (`clip_l` as wide as encoder 1, `clip_g` as encoder 2).
+    pub fn set_embeddings(&mut self, embeddings: Vec<TextualInversion>) -> Result<()> {
+        for e in &embeddings {
+            let (wl, wg) = (e.clip_l().dim(1)?, e.clip_g().dim(1)?);
+            if wl != self.te1.hidden_size() || wg != self.te2.hidden_size() {
+                return Err(PipelineError::InvalidInput(format!(
+                    "embedding `{}` has vector widths {wl}/{wg}, but this model's text encoders \
+                     take {}/{} (an embedding for another model family?)",
+                    e.name(),
+                    self.te1.hidden_size(),
+                    self.te2.hidden_size()
+                )));
+            }
+        }
+        self.embeddings = embeddings;
+        Ok(())
+    }
+
+    /// The textual-inversion embeddings prompts may name.
+    pub fn embeddings(&self) -> &[TextualInversion] {
+        &self.embeddings
     }
 
     /// Sets the most chunks one long prompt may use before it falls back to its first 75 tokens.
