@@ -115,6 +115,8 @@ pub struct Txt2ImgOutput {
     pub schedule_type: String,
     /// Things the user should know (prompt truncation, fallbacks).
     pub warnings: Vec<String>,
+    /// Names of the textual-inversion embeddings the prompts used (for the infotext's `TI hashes`).
+    pub used_embeddings: Vec<String>,
     /// Time per phase.
     pub timings: Timings,
 }
@@ -328,6 +330,7 @@ impl SdxlModel {
             sampler: choice.infotext_sampler.clone(),
             schedule_type: choice.infotext_schedule.clone(),
             warnings: cond.warnings,
+            used_embeddings: Vec::new(),
             timings: Timings {
                 encode_ms,
                 denoise_ms,
