@@ -56,6 +56,10 @@ pub enum PipelineError {
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// A1111 `/interrupt` or `/skip` stopped the sampler (handled inside the render loop,
+    /// which decodes the last latent instead; see [`crate::interrupt`]).
+    #[error("interrupted")]
+    Interrupted,
     /// A computation produced NaN/Inf where a finite value was needed.
     #[error("numerical failure: {0}")]
     NonFinite(String),
@@ -89,7 +93,7 @@ impl PipelineError {
             | Self::Config { .. }
             | Self::InvalidConfig(_) => ErrorKind::ModelInvalid,
             Self::OutOfMemory(_) => ErrorKind::OutOfMemory,
-            Self::Cancelled => ErrorKind::Cancelled,
+            Self::Cancelled | Self::Interrupted => ErrorKind::Cancelled,
             Self::Candle(e) if is_oom_message(&candle_message(e)) => ErrorKind::OutOfMemory,
             _ => ErrorKind::Internal,
         }

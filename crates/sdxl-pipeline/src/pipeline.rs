@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::checkpoint::{Checkpoint, Component};
 use crate::embedding::TextualInversion;
+use crate::interrupt::{CondDenoiser, Flow, RenderControl, Watched};
 use crate::lora::{LiveWeights, LoraSet, SwitchOutcome};
 use crate::noise::{TorchGenerator, TorchNoiseSource};
 use crate::output::RgbImage;
@@ -259,13 +260,17 @@ impl SdxlModel {
     }
 
     /// Renders `req.batch_size` images. `on_step` is called after every denoising step;
-    /// `cancel` is checked between steps and ends the render with [`PipelineError::Cancelled`].
-    pub fn txt2img(
+    /// `control.cancel` (or a bare `&AtomicBool`) is checked between steps and ends the render
+    /// with [`PipelineError::Cancelled`]; `control.interrupt` / `control.skip` end it early with
+    /// what A1111 returns then ([`crate::interrupt`]).
+    pub fn txt2img<'c>(
         &self,
         req: &Txt2ImgRequest,
         on_step: &mut dyn FnMut(StepProgress),
-        cancel: &AtomicBool,
+        control: impl Into<RenderControl<'c>>,
     ) -> Result<Txt2ImgOutput> {
+        let control = control.into();
+        let cancel: &AtomicBool = control.cancel;
         check_request(req)?;
         let choice = sampling::resolve_sampler(&req.sampler_name, req.scheduler.as_deref())?;
         let sigmas = sampling::sigmas_for(&choice, &self.schedule, req.steps as usize)?;
@@ -311,18 +316,20 @@ impl SdxlModel {
             if cancel.load(Ordering::Relaxed) {
                 return Err(PipelineError::Cancelled);
             }
-            let latents = choice.sampler.sample(
-                &mut denoiser,
-                x,
-                &sigmas,
-                &mut noise_source,
-                &mut step_cb,
-            )?;
+            let mut watched = Watched::new(&mut denoiser, control, &x);
+            let sampled =
+                choice
+                    .sampler
+                    .sample(&mut watched, x, &sigmas, &mut noise_source, &mut step_cb);
+            let (latents, flow) = watched.finish(sampled)?;
             denoise_ms += synced_ms_since(device, t0)?;
             let t1 = Instant::now();
             images.push(self.decode(&latents)?);
             decode_ms += synced_ms_since(device, t1)?;
             seeds.push(seed);
+            if flow == Flow::Stop {
+                break;
+            }
         }
         Ok(Txt2ImgOutput {
             images,
@@ -414,6 +421,9 @@ struct CfgDenoiser<'a> {
     cond: UNetConditioning,
     cfg_scale: f64,
     guided: bool,
+    /// The positive prompt's denoised prediction of the last guided call (A1111's
+    /// `last_latent`, read by `/interrupt`).
+    last_cond: Option<Tensor>,
 }
 
 impl<'a> CfgDenoiser<'a> {
@@ -447,6 +457,7 @@ impl<'a> CfgDenoiser<'a> {
             cond,
             cfg_scale: req.cfg_scale,
             guided,
+            last_cond: None,
         })
     }
 }
@@ -473,6 +484,14 @@ impl Denoiser for CfgDenoiser<'_> {
         let d_c =
             sampling::denoised_from_output(&x, &out.narrow(0, 1, 1)?, sigma, self.prediction)?;
         // D = D_u + g·(D_c − D_u), as A1111's CFGDenoiser combines denoised values.
-        Ok((&d_u + ((d_c - &d_u)? * self.cfg_scale)?)?)
+        let d = (&d_u + ((&d_c - &d_u)? * self.cfg_scale)?)?;
+        self.last_cond = Some(d_c);
+        Ok(d)
+    }
+}
+
+impl CondDenoiser for CfgDenoiser<'_> {
+    fn last_cond(&self) -> Option<Tensor> {
+        self.last_cond.clone()
     }
 }

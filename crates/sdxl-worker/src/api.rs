@@ -3,6 +3,9 @@
 //! Jobs run in the background one at a time; every error reply is JSON.
 
 mod a1111;
+mod a1111_control;
+mod a1111_lists;
+mod a1111_options;
 pub mod error;
 pub mod guard;
 mod runpod_routes;
@@ -35,10 +38,36 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let a1111 = Router::new()
         .route("/txt2img", post(a1111::txt2img))
         .route("/sd-models", get(a1111::sd_models))
-        .route("/options", get(a1111::get_options).post(a1111::set_options))
+        .route(
+            "/options",
+            get(a1111_options::get_options).post(a1111_options::set_options),
+        )
         .route("/progress", get(a1111::progress))
         .route("/samplers", get(a1111::samplers))
-        .route("/loras", get(a1111::loras));
+        .route("/loras", get(a1111::loras))
+        .route("/schedulers", get(a1111_lists::schedulers))
+        .route("/sd-vae", get(a1111_lists::sd_vae))
+        .route("/upscalers", get(a1111_lists::upscalers))
+        .route(
+            "/latent-upscale-modes",
+            get(a1111_lists::latent_upscale_modes),
+        )
+        .route("/cmd-flags", get(a1111_lists::cmd_flags))
+        .route("/scripts", get(a1111_lists::scripts))
+        .route("/prompt-styles", get(a1111_lists::empty_list))
+        .route("/hypernetworks", get(a1111_lists::empty_list))
+        .route("/face-restorers", get(a1111_lists::empty_list))
+        .route("/realesrgan-models", get(a1111_lists::empty_list))
+        .route("/interrupt", post(a1111_control::interrupt))
+        .route("/skip", post(a1111_control::skip))
+        .route("/refresh-checkpoints", post(a1111_control::refresh))
+        .route("/refresh-loras", post(a1111_control::refresh))
+        .route(
+            "/png-info",
+            post(a1111_control::png_info).layer(DefaultBodyLimit::max(
+                a1111_control::PNG_INFO_BODY_LIMIT.max(state.config.body_limit),
+            )),
+        );
     Router::new()
         .merge(runpod.clone())
         .nest("/v2/{endpoint_id}", runpod)

@@ -35,6 +35,9 @@ pub struct Catalog {
     /// the frontend that owns the uploader; the A1111 routes and `local` never upload).
     #[serde(default)]
     pub uploads_enabled: bool,
+    /// The models.toml `[vae]` override's file name, if any (`GET /sdapi/v1/sd-vae`).
+    #[serde(default)]
+    pub vae: Option<String>,
 }
 
 /// Env var: most output pixels of one image.
@@ -95,6 +98,7 @@ impl Catalog {
             default_checkpoint: Some(config.default_checkpoint().name.clone()),
             default_loras: loras.clone(),
             loras,
+            vae: config.vae.as_ref().map(|v| v.filename.clone()),
             ..Self::pipeline_only()
         }
     }

@@ -23,9 +23,15 @@ pub const STUB_HANDLER_ENV: &str = "SDXL_WORKER_STUB_HANDLER";
 /// Test-only: milliseconds the stub handler sleeps per step (default 0).
 pub const STUB_STEP_MS_ENV: &str = "SDXL_WORKER_STUB_STEP_MS";
 
-/// A cancellation flag shared between the protocol side and the running job.
+/// A cancellation flag shared between the protocol side and the running job, with A1111's
+/// `/interrupt` and `/skip` requests beside it (they end the render early but keep what it has
+/// made, see `sdxl_pipeline::interrupt`).
 #[derive(Debug, Clone, Default)]
-pub struct CancelFlag(Arc<AtomicBool>);
+pub struct CancelFlag {
+    cancel: Arc<AtomicBool>,
+    interrupt: Arc<AtomicBool>,
+    skip: Arc<AtomicBool>,
+}
 
 impl CancelFlag {
     /// A fresh, un-cancelled flag.
@@ -34,15 +40,36 @@ impl CancelFlag {
     }
     /// Requests cancellation; the job stops at its next step boundary.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.cancel.store(true, Ordering::SeqCst);
     }
     /// True once [`CancelFlag::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.cancel.load(Ordering::SeqCst)
     }
-    /// The underlying flag, as the pipeline polls it between denoising steps.
+    /// A1111 `/interrupt`: the render stops at its next denoiser call and returns the current
+    /// image decoded from A1111's `last_latent`; later images are not made.
+    pub fn interrupt(&self) {
+        self.interrupt.store(true, Ordering::SeqCst);
+    }
+    /// A1111 `/skip`: like [`CancelFlag::interrupt`] for the current image only.
+    pub fn skip(&self) {
+        self.skip.store(true, Ordering::SeqCst);
+    }
+    /// True once [`CancelFlag::interrupt`] was called.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupt.load(Ordering::SeqCst)
+    }
+    /// The underlying cancel flag, as the pipeline polls it between denoising steps.
     pub fn as_atomic(&self) -> &AtomicBool {
-        &self.0
+        &self.cancel
+    }
+    /// All three flags, as the pipeline's render polls them.
+    pub fn control(&self) -> sdxl_pipeline::interrupt::RenderControl<'_> {
+        sdxl_pipeline::interrupt::RenderControl {
+            cancel: &self.cancel,
+            interrupt: Some(&self.interrupt),
+            skip: Some(&self.skip),
+        }
     }
 }
 

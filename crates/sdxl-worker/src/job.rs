@@ -8,6 +8,8 @@ use sdxl_pipeline::pipeline::Txt2ImgRequest;
 use sdxl_pipeline::prompt::PromptMode;
 use serde_json::{json, Map, Value};
 
+pub mod refusals;
+
 /// Largest allowed seed (2^53 − 1, exact in a JSON double).
 pub const MAX_SEED: i64 = (1 << 53) - 1;
 /// Longest accepted prompt / negative prompt, in characters.
@@ -152,12 +154,14 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     let upload = c.upload(catalog);
 
     c.pixel_budgets(&catalog.budgets, width, height, batch_size);
+    // Fields that would change the image but are not implemented (SPEC §3): one table.
+    c.problems.extend(refusals::problems(obj));
 
     let mut warnings = std::mem::take(&mut c.notes);
     let mut unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
-        .filter(|k| !KNOWN_FIELDS.contains(k))
+        .filter(|k| !KNOWN_FIELDS.contains(k) && !refusals::covers(k))
         .collect();
     unknown.sort_unstable();
     if !unknown.is_empty() {
@@ -231,6 +235,7 @@ fn with_overrides(obj: &Map<String, Value>) -> (Map<String, Value>, Vec<String>)
                     Some((k, _)) => {
                         fields.insert(format!("override_settings.{k}"), value.clone());
                     }
+                    None if refusals::covers(&format!("override_settings.{key}")) => {}
                     None => ignored.push(truncate(key, 64)),
                 }
             }

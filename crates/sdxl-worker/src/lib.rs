@@ -17,6 +17,7 @@ pub mod job;
 pub mod local;
 pub mod logging;
 pub mod models;
+pub mod png_info;
 pub mod protocol;
 pub mod render;
 pub mod runpod;

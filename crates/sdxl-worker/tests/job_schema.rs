@@ -227,10 +227,14 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn unknown_fields_are_ignored_and_named_in_warnings() {
-    let j = ok(json!({"prompt": "p", "restore_faces": false, "n_iter": 1, "styles": []}));
+    // A1111 fields at their inert defaults are accepted silently (SPEC §3); others are named.
+    let j = ok(
+        json!({"prompt": "p", "restore_faces": false, "n_iter": 1, "styles": [],
+        "send_images": true, "do_not_save_grid": false}),
+    );
     assert_eq!(
         j.warnings,
-        vec!["ignored unknown field(s): n_iter, restore_faces, styles".to_string()]
+        vec!["ignored unknown field(s): do_not_save_grid, send_images".to_string()]
     );
     let out = handler::execute(
         &StubHandler::default(),

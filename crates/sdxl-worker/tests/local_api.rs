@@ -232,7 +232,7 @@ fn a1111_full_request() -> Value {
         "styles": [], "seed": 1234, "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1,
         "seed_resize_from_w": -1, "sampler_name": "Euler a", "scheduler": "Automatic", "batch_size": 2,
         "n_iter": 1, "steps": 3, "cfg_scale": 6.5, "width": 512, "height": 768, "restore_faces": false,
-        "tiling": false, "do_not_save_samples": false, "do_not_save_grid": false, "eta": 0,
+        "tiling": false, "do_not_save_samples": false, "do_not_save_grid": false, "eta": 1,
         "denoising_strength": 0, "s_min_uncond": 0, "s_churn": 0, "s_tmax": 0, "s_tmin": 0, "s_noise": 1,
         "override_settings": {}, "override_settings_restore_afterwards": true, "refiner_checkpoint": null,
         "refiner_switch_at": 0, "disable_extra_networks": false, "firstpass_image": null, "comments": {},
@@ -270,7 +270,10 @@ async fn a1111_txt2img_accepts_a_full_client_request() {
     assert_eq!(info["cfg_scale"], 6.5);
     let infotexts = info["infotexts"].as_array().unwrap();
     assert!(infotexts[1].as_str().unwrap().contains("Seed: 1235"));
-    assert!(info["warnings"][0].as_str().unwrap().contains("enable_hr"));
+    // Inert A1111 defaults (`enable_hr: false`, ...) are silent; other unknown fields are named.
+    let warnings = info["warnings"][0].as_str().unwrap();
+    assert!(!warnings.contains("enable_hr"), "{warnings}");
+    assert!(warnings.contains("send_images"), "{warnings}");
     assert_eq!(v["parameters"]["steps"], 3);
 
     let (s, v) = post(

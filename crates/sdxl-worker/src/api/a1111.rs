@@ -1,5 +1,6 @@
-//! The AUTOMATIC1111 API subset: `txt2img` (same queue as RunPod jobs), `sd-models`, `options`
-//! (`sd_model_checkpoint` switches the default checkpoint), `progress`, `samplers`, `loras`.
+//! The AUTOMATIC1111 API: `txt2img` (same queue as RunPod jobs), `sd-models`, `progress`,
+//! `samplers`, `loras`; `options` is in `a1111_options`, the other list routes in
+//! `a1111_lists`, interrupt/skip/refresh/png-info in `a1111_control`.
 
 use super::error::{parse_json_body, ApiError};
 use super::guard::CancelOnDrop;
@@ -68,6 +69,7 @@ pub async fn txt2img(
              the images); use /run or /runsync",
         ));
     }
+    let obj = super::a1111_options::with_stored_options(&state, obj);
     let input = with_selected_checkpoint(&state, Value::Object(a1111_to_input(obj)));
     let validated =
         job::validate(&input, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
@@ -152,42 +154,6 @@ pub async fn sd_models(State(state): State<Arc<ApiState>>) -> Json<Value> {
         .map(|n| json!({"title": n, "model_name": n, "hash": null, "sha256": null, "filename": n, "config": null}))
         .collect();
     Json(Value::Array(list))
-}
-
-/// `GET /sdapi/v1/options`.
-pub async fn get_options(State(state): State<Arc<ApiState>>) -> Json<Value> {
-    let current = state.selected_checkpoint().or_else(|| {
-        state
-            .handler
-            .catalog()
-            .effective_default_checkpoint()
-            .map(str::to_string)
-    });
-    Json(
-        json!({"sd_model_checkpoint": current, "CLIP_stop_at_last_layers": sdxl_pipeline::pipeline::DEFAULT_CLIP_SKIP}),
-    )
-}
-
-/// `POST /sdapi/v1/options`: `sd_model_checkpoint` selects the default checkpoint; other keys
-/// are accepted and ignored.
-pub async fn set_options(
-    State(state): State<Arc<ApiState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Reply {
-    let body = parse_json_body(body)?;
-    let Some(obj) = body.as_object() else {
-        return Err(ApiError::invalid(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object",
-        ));
-    };
-    if let Some(v) = obj.get("sd_model_checkpoint").filter(|v| !v.is_null()) {
-        let name =
-            job::checkpoint_name(v, state.handler.catalog()).map_err(|e| ApiError::from_job(&e))?;
-        tracing::info!("default checkpoint switched to {name:?}");
-        state.select_checkpoint(name);
-    }
-    Ok(Json(Value::Null))
 }
 
 /// `GET /sdapi/v1/progress`.

@@ -129,6 +129,8 @@ pub struct ApiState {
     queue: mpsc::UnboundedSender<Queued>,
     current: Mutex<Option<CurrentProgress>>,
     checkpoint: Mutex<Option<String>>,
+    /// Options set through `POST /sdapi/v1/options` (every key a client sends).
+    options: Mutex<serde_json::Map<String, Value>>,
 }
 
 /// Bytes counted for a finished record besides its output or error text.
@@ -149,6 +151,7 @@ impl ApiState {
             queue: tx,
             current: Mutex::default(),
             checkpoint: Mutex::default(),
+            options: Mutex::default(),
         });
         tokio::spawn(runner(Arc::downgrade(&state), rx));
         state
@@ -162,6 +165,37 @@ impl ApiState {
     /// Selects the checkpoint for jobs naming none.
     pub fn select_checkpoint(&self, name: String) {
         *lock(&self.checkpoint) = Some(name);
+    }
+
+    /// The options stored through `POST /sdapi/v1/options`.
+    pub fn stored_options(&self) -> serde_json::Map<String, Value> {
+        lock(&self.options).clone()
+    }
+
+    /// Stores options (a later value of a key replaces the earlier one).
+    pub fn store_options(&self, options: &serde_json::Map<String, Value>) {
+        let mut stored = lock(&self.options);
+        for (k, v) in options {
+            stored.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// A1111 `/interrupt` (`skip_only` false) or `/skip` (true) for the running job; false
+    /// when no job runs.
+    pub fn interrupt_current(&self, skip_only: bool) -> bool {
+        let Some(current) = self.current() else {
+            return false;
+        };
+        let jobs = lock(&self.jobs);
+        let Some(r) = jobs.get(&current.id) else {
+            return false;
+        };
+        if skip_only {
+            r.cancel.skip();
+        } else {
+            r.cancel.interrupt();
+        }
+        true
     }
 
     /// Progress of the running job.

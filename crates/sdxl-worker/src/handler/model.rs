@@ -16,7 +16,7 @@ impl JobHandler for ModelRuntime {
         cancel: &CancelFlag,
     ) -> Result<JobOutput, WorkerError> {
         let plan = self.plan_for(job)?;
-        let rendered = self.render(job, &plan, progress, cancel.as_atomic())?;
+        let rendered = self.render(job, &plan, progress, cancel.control())?;
         Ok(rendered.into_job_output(job))
     }
 

@@ -179,13 +179,14 @@ impl ModelRuntime {
     }
 
     /// Renders `job` with `plan`: loads the checkpoint and LoRA set when they differ from the
-    /// loaded ones, runs the pipeline, and encodes every image with its infotext.
-    pub fn render(
+    /// loaded ones, runs the pipeline, and encodes every image with its infotext. `cancel` is a
+    /// bare cancel flag or a full `RenderControl` (A1111 interrupt/skip).
+    pub fn render<'c>(
         &self,
         job: &ValidatedJob,
         plan: &RenderPlan,
         progress: &dyn Fn(u32, u32),
-        cancel: &std::sync::atomic::AtomicBool,
+        cancel: impl Into<sdxl_pipeline::interrupt::RenderControl<'c>>,
     ) -> Result<Rendered, WorkerError> {
         let started = Instant::now();
         let mut slot = self.lock_loaded();
