@@ -89,15 +89,11 @@ macro_rules! inert_values {
     };
 }
 
-/// No hires pass and no init image: the fields of those passes change nothing.
-fn plain_txt2img(c: &Context<'_>) -> bool {
-    (c.is_inert("enable_hr", &[Value::Bool(false)]) && no_init_image(c))
-        && c.is_inert("firstpass_image", &[Value::String(String::new())])
-}
-
-fn no_init_image(c: &Context<'_>) -> bool {
-    c.is_inert("init_images", &[Value::Array(Vec::new())])
-        && c.is_inert("init_image", &[Value::String(String::new())])
+/// A field that matters only together with another row's field (`hr_scale` with `enable_hr`,
+/// `subseed` with `subseed_strength`): that row refuses, so the error names the one field to
+/// change; this row only keeps the field from being warned about as unknown.
+fn by_parent(_: &Context<'_>) -> bool {
+    true
 }
 
 fn no_subseed(c: &Context<'_>) -> bool {
@@ -190,7 +186,7 @@ pub const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         field: "script_args",
-        inert: |c| c.is_inert("script_name", &[serde_json::json!("")]),
+        inert: by_parent,
         why: "A1111 scripts do not run on this worker",
     },
     Refusal {
@@ -200,7 +196,7 @@ pub const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         field: "refiner_switch_at",
-        inert: no_refiner,
+        inert: by_parent,
         why: "refiner checkpoints are not available on this worker",
     },
     Refusal {
@@ -220,7 +216,7 @@ pub const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         field: "subseed",
-        inert: no_subseed,
+        inert: by_parent,
         why: "variation seeds are not available on this worker yet",
     },
     Refusal {
@@ -230,7 +226,7 @@ pub const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         field: "seed_resize_from_h",
-        inert: no_seed_resize,
+        inert: by_parent,
         why: "resizing the seed (`seed_resize_from_w/h`) is not available on this worker yet",
     },
     Refusal {
@@ -255,12 +251,12 @@ pub const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         field: "s_tmin",
-        inert: no_churn,
+        inert: by_parent,
         why: "`s_churn` is not available on this worker yet",
     },
     Refusal {
         field: "s_tmax",
-        inert: no_churn,
+        inert: by_parent,
         why: "`s_churn` is not available on this worker yet",
     },
     Refusal {
@@ -312,67 +308,67 @@ pub const REFUSALS: &[Refusal] = &[
     // warned about as unknown.
     Refusal {
         field: "denoising_strength",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_scale",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_upscaler",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_second_pass_steps",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_resize_x",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_resize_y",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_sampler_name",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_scheduler",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_prompt",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_negative_prompt",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "hr_checkpoint_name",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "firstphase_width",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     Refusal {
         field: "firstphase_height",
-        inert: plain_txt2img,
+        inert: by_parent,
         why: HIRES,
     },
     // Image to image and inpainting.
@@ -393,52 +389,52 @@ pub const REFUSALS: &[Refusal] = &[
     },
     Refusal {
         field: "resize_mode",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "mask_blur",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "mask_blur_x",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "mask_blur_y",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "inpainting_fill",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "inpaint_full_res",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "inpaint_full_res_padding",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "inpainting_mask_invert",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "initial_noise_multiplier",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
         field: "image_cfg_scale",
-        inert: no_init_image,
+        inert: by_parent,
         why: IMG2IMG,
     },
 ];
