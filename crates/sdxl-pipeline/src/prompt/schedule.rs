@@ -419,7 +419,10 @@ mod tests {
         );
         assert_eq!(g("a [unbalanced"), v(&[(10, "a [unbalanced")]));
         assert_eq!(g("a [b:.5] c"), v(&[(5, "a  c"), (10, "a b c")]));
-        assert_eq!(g("a [{b|d{:.5] c"), v(&[(5, "a  c"), (10, "a {b|d{ c")]));
+        // The doctest says [[5, 'a  c'], [10, 'a {b|d{ c']] ("not handling this right now"), but
+        // A1111's grammar under lark 1.1.2 (its pinned version) rejects the `|` outside an
+        // alternation, so A1111 really returns the prompt unscheduled (schedules.json agrees).
+        assert_eq!(g("a [{b|d{:.5] c"), v(&[(10, "a [{b|d{:.5] c")]));
         assert_eq!(
             g("((a][:b:c [d:3]"),
             v(&[(3, "((a][:b:c "), (10, "((a][:b:c d")])
