@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use candle_core::DType;
 use sdxl_pipeline::embedding::TextualInversion;
 use sdxl_pipeline::prompt::{
-    parse_prompt_attention, prompt_schedule, Emphasis, PromptEncoder, PromptMode, PromptOptions,
+    entry_index, parse_prompt_attention, prompt_schedule, schedule_steps, Emphasis, PromptEncoder,
+    PromptMode, PromptOptions,
 };
 use serde_json::Value;
 use text_support::{assert_close, fixture, load, metadata, tiny_encoder, ATOL, RTOL};
@@ -149,4 +150,41 @@ fn encodings_match_the_a1111_port() {
         }
     }
     eprintln!("max abs error {} at {}", worst.0, worst.1);
+}
+
+/// The schedule entries the CFG denoiser uses call by call in the reference renders
+/// (`renders/syntax_cases.txt`): A1111's `total_steps` (Heun: twice the steps) and
+/// `reconstruct_cond_batch` with the call counter.
+#[test]
+fn render_call_schedule_matches_a1111() {
+    let text = std::fs::read_to_string(fixture("prompt_syntax/render_calls.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    for (name, case) in v.as_object().unwrap() {
+        let sampler = case["sampler"].as_str().unwrap();
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let choice = sdxl_pipeline::sampling::resolve_sampler(sampler, None).unwrap();
+        let total = schedule_steps(steps, choice.second_order);
+        assert_eq!(
+            total as u64,
+            case["schedule_steps"].as_u64().unwrap(),
+            "{name}"
+        );
+        let cond = prompt_schedule(case["prompt"].as_str().unwrap(), total);
+        let uncond = prompt_schedule(case["negative"].as_str().unwrap(), total);
+        let got: Vec<(usize, usize)> = (0..case["calls"].as_array().unwrap().len())
+            .map(|call| (entry_index(&cond, call), entry_index(&uncond, call)))
+            .collect();
+        let want: Vec<(usize, usize)> = case["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c[0].as_u64().unwrap() as usize,
+                    c[1].as_u64().unwrap() as usize,
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
 }
