@@ -13,7 +13,7 @@ use crate::interrupt::{CondDenoiser, Flow, RenderControl, Watched};
 use crate::lora::{LiveWeights, LoraSet, SwitchOutcome};
 use crate::noise::{TorchGenerator, TorchNoiseSource};
 use crate::output::RgbImage;
-use crate::prompt::{Conditioning, PromptEncoder, PromptMode};
+use crate::prompt::{Emphasis, PromptEncoder, PromptMode, PromptOptions, ScheduledConditioning};
 use crate::sampling::{self, Denoiser, ModelSchedule, Prediction};
 use crate::text_encoder::ClipTextEncoder;
 use crate::unet::{SdxlUNet, UNetConditioning};
@@ -60,6 +60,8 @@ pub struct Txt2ImgRequest {
     pub clip_skip: u32,
     /// Long-prompt mode.
     pub prompt_mode: PromptMode,
+    /// Emphasis mode of the prompt syntax (SPEC §5a).
+    pub emphasis: Emphasis,
 }
 
 impl Default for Txt2ImgRequest {
@@ -77,6 +79,7 @@ impl Default for Txt2ImgRequest {
             batch_size: 1,
             clip_skip: DEFAULT_CLIP_SKIP,
             prompt_mode: PromptMode::Blend,
+            emphasis: Emphasis::Original,
         }
     }
 }
@@ -279,13 +282,18 @@ impl SdxlModel {
             .ok_or_else(|| PipelineError::InvalidInput("empty sigma schedule".into()))?;
 
         let started = Instant::now();
-        let cond = self.prompt_encoder.conditioning(
+        let cond = self.prompt_encoder.scheduled_conditioning(
             &req.prompt,
             req.negative_prompt.as_deref(),
-            req.prompt_mode,
-            req.clip_skip,
+            PromptOptions {
+                mode: req.prompt_mode,
+                clip_skip: req.clip_skip,
+                emphasis: req.emphasis,
+                steps: crate::prompt::schedule_steps(req.steps as usize, choice.second_order),
+            },
         )?;
-        let mut denoiser = CfgDenoiser::new(self, &cond, req)?;
+        let used_embeddings = cond.used_embeddings.clone();
+        let mut denoiser = CfgDenoiser::new(self, cond, req)?;
         let device = &self.options.device;
         let encode_ms = synced_ms_since(device, started)?;
 
@@ -299,6 +307,7 @@ impl SdxlModel {
             let noise = TorchGenerator::new(seed).randn_tensor(&shape, &self.options.device)?;
             let x = noise.affine(choice.init_noise.factor(sigma0), 0.0)?;
             let mut noise_source = TorchNoiseSource::new(seed, &shape, &self.options.device);
+            denoiser.restart();
             // The sampler's own step count: A1111's timestep samplers may run one more step
             // than requested (e.g. DDIM/UniPC with a step count that does not divide 1000).
             let mut step_cb = |k: usize, n: usize| -> Result<()> {
@@ -336,8 +345,8 @@ impl SdxlModel {
             seeds,
             sampler: choice.infotext_sampler.clone(),
             schedule_type: choice.infotext_schedule.clone(),
-            warnings: cond.warnings,
-            used_embeddings: Vec::new(),
+            warnings: denoiser.conds.warnings.clone(),
+            used_embeddings,
             timings: Timings {
                 encode_ms,
                 denoise_ms,
@@ -412,13 +421,20 @@ fn check_request(req: &Txt2ImgRequest) -> Result<()> {
 
 /// The UNet behind a [`Denoiser`]: k-diffusion's `DiscreteEpsDDPMDenoiser`/`CompVisVDenoiser`
 /// scalings with fractional timesteps, and classifier-free guidance as one batch-2 UNet call
-/// (`[uncond, cond]`), or a batch-1 call when `cfg_scale ≤ 1`.
+/// (`[uncond, cond]`), or a batch-1 call when `cfg_scale ≤ 1`. The conditioning of each call is
+/// the schedule pair at the call counter (A1111 `reconstruct_cond_batch`, SPEC §5a); each
+/// distinct pair is prepared once.
 struct CfgDenoiser<'a> {
     unet: &'a SdxlUNet,
     schedule: &'a ModelSchedule,
     prediction: Prediction,
-    /// Cross-attention K/V and micro-conditioning, computed once for the whole job.
-    cond: UNetConditioning,
+    /// The prompt schedules of the job.
+    conds: ScheduledConditioning,
+    /// Cross-attention K/V and micro-conditioning per (cond, uncond) encoding pair.
+    prepared: Vec<((usize, usize), UNetConditioning)>,
+    /// A1111 `CFGDenoiser.step`: denoiser calls so far in this image's sampling.
+    call: usize,
+    time_ids: Tensor,
     cfg_scale: f64,
     guided: bool,
     /// The positive prompt's denoised prediction of the last guided call (A1111's
@@ -427,38 +443,67 @@ struct CfgDenoiser<'a> {
 }
 
 impl<'a> CfgDenoiser<'a> {
-    fn new(model: &'a SdxlModel, cond: &Conditioning, req: &Txt2ImgRequest) -> Result<Self> {
-        let dtype = model.unet.dtype();
+    fn new(
+        model: &'a SdxlModel,
+        conds: ScheduledConditioning,
+        req: &Txt2ImgRequest,
+    ) -> Result<Self> {
         let device = &model.options.device;
-        let guided = req.cfg_scale > 1.0;
         let (h, w) = (f64::from(req.height), f64::from(req.width));
-        let ids = Tensor::new(
+        let time_ids = Tensor::new(
             &[[h as f32, w as f32, 0.0, 0.0, h as f32, w as f32]],
             device,
         )?;
-        let (context, pooled, time_ids) = if guided {
+        let mut denoiser = Self {
+            unet: &model.unet,
+            schedule: &model.schedule,
+            prediction: model.options.prediction,
+            conds,
+            prepared: Vec::new(),
+            call: 0,
+            time_ids,
+            cfg_scale: req.cfg_scale,
+            guided: req.cfg_scale > 1.0,
+            last_cond: None,
+        };
+        // The first pair is prepared up front (prompt encoding time, not sampling time).
+        denoiser.prepared_index(denoiser.conds.pair_at(0))?;
+        Ok(denoiser)
+    }
+
+    /// Starts a new image: the call counter goes back to 0.
+    fn restart(&mut self) {
+        self.call = 0;
+    }
+
+    /// Index in `prepared` of the UNet conditioning of `pair`, preparing it on first use.
+    fn prepared_index(&mut self, pair: (usize, usize)) -> Result<usize> {
+        if let Some(i) = self.prepared.iter().position(|(p, _)| *p == pair) {
+            return Ok(i);
+        }
+        let cond = self.conds.pair(pair)?;
+        let dtype = self.unet.dtype();
+        let ids = &self.time_ids;
+        let (context, pooled, time_ids) = if self.guided {
             (
                 Tensor::cat(&[&cond.uncond.context, &cond.cond.context], 0)?,
                 Tensor::cat(&[&cond.uncond.pooled, &cond.cond.pooled], 0)?,
-                Tensor::cat(&[&ids, &ids], 0)?,
+                Tensor::cat(&[ids, ids], 0)?,
             )
         } else {
-            (cond.cond.context.clone(), cond.cond.pooled.clone(), ids)
+            (
+                cond.cond.context.clone(),
+                cond.cond.pooled.clone(),
+                ids.clone(),
+            )
         };
-        let cond = model.unet.prepare(
+        let prepared = self.unet.prepare(
             &context.to_dtype(dtype)?,
             &pooled.to_dtype(dtype)?,
             &time_ids.to_dtype(dtype)?,
         )?;
-        Ok(Self {
-            unet: &model.unet,
-            schedule: &model.schedule,
-            prediction: model.options.prediction,
-            cond,
-            cfg_scale: req.cfg_scale,
-            guided,
-            last_cond: None,
-        })
+        self.prepared.push((pair, prepared));
+        Ok(self.prepared.len() - 1)
     }
 }
 
@@ -472,9 +517,11 @@ impl Denoiser for CfgDenoiser<'_> {
             x_in
         };
         let t = self.schedule.sigma_to_t(sigma);
+        let idx = self.prepared_index(self.conds.pair_at(self.call))?;
+        self.call += 1;
         let out = self
             .unet
-            .forward_prepared(&x_in, t, &self.cond)?
+            .forward_prepared(&x_in, t, &self.prepared[idx].1)?
             .to_dtype(DType::F32)?;
         if !self.guided {
             return sampling::denoised_from_output(&x, &out, sigma, self.prediction);

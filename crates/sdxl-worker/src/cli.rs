@@ -141,6 +141,10 @@ pub struct JobFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_mode: Option<String>,
+    /// Emphasis of the A1111 prompt syntax: original, no_norm, ignore or none.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emphasis: Option<String>,
     /// Output format: png, jpeg or webp.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -5,7 +5,7 @@ use crate::catalog::{Catalog, LoraSpec};
 use crate::error::WorkerError;
 use sdxl_pipeline::output::{format_number, ImageFormat};
 use sdxl_pipeline::pipeline::Txt2ImgRequest;
-use sdxl_pipeline::prompt::PromptMode;
+use sdxl_pipeline::prompt::{Emphasis, PromptMode};
 use serde_json::{json, Map, Value};
 
 pub mod refusals;
@@ -39,6 +39,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "checkpoint",
     "clip_skip",
     "prompt_mode",
+    "emphasis",
     "output_format",
     "quality",
     "override_settings",
@@ -50,6 +51,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
 pub const HONOURED_OVERRIDES: &[(&str, &str)] = &[
     ("sd_model_checkpoint", "checkpoint"),
     ("CLIP_stop_at_last_layers", "clip_skip"),
+    ("emphasis", "emphasis"),
 ];
 
 /// A job that passed validation: what the pipeline needs plus the worker-level choices.
@@ -148,6 +150,7 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
         12,
     );
     let prompt_mode = c.prompt_mode();
+    let emphasis = c.emphasis();
     let checkpoint = c.checkpoint(catalog);
     let loras = c.loras(catalog);
     let output_format = c.output_format();
@@ -207,6 +210,7 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
         batch_size: batch_size.map_or(defaults.batch_size, to_u32),
         clip_skip: clip_skip.map_or(defaults.clip_skip, to_u32),
         prompt_mode: prompt_mode.unwrap_or(defaults.prompt_mode),
+        emphasis: emphasis.unwrap_or(defaults.emphasis),
     };
     Ok(ValidatedJob {
         request,
@@ -526,6 +530,36 @@ impl<'a> Checker<'a> {
             ));
         }
         mode
+    }
+
+    /// `emphasis` (job spelling `original`/`no_norm`/`ignore`/`none`) and A1111's
+    /// `override_settings.emphasis` (`Original`/`No norm`/`Ignore`/`None`); either spelling is
+    /// accepted in both places, and both given must agree.
+    fn emphasis(&mut self) -> Option<Emphasis> {
+        let mut found: Option<Emphasis> = None;
+        for name in ["emphasis", "override_settings.emphasis"] {
+            let Some(s) = self.string(&[name], 100) else {
+                continue;
+            };
+            let Some(e) = Emphasis::parse(&s) else {
+                self.problem(format!(
+                    "`{name}` must be \"original\", \"no_norm\", \"ignore\" or \"none\" (A1111: \"Original\", \"No norm\", \"Ignore\", \"None\"), got {:?}",
+                    truncate(&s, 40)
+                ));
+                return None;
+            };
+            match found {
+                Some(prev) if prev != e => {
+                    self.problem(
+                        "`emphasis` and `override_settings.emphasis` have different values"
+                            .to_string(),
+                    );
+                    return None;
+                }
+                _ => found = Some(e),
+            }
+        }
+        found
     }
 
     fn model_name(&mut self, field: &str, name: &str, known: Vec<&String>) -> Option<String> {

@@ -378,7 +378,13 @@ async fn options_store_anything_and_apply_what_jobs_honour() {
             .contains("override_settings.eta_ddim"),
         "{v}"
     );
+    // An honoured option with a value jobs accept is stored and reaches later jobs.
     let (s, v) = post(&url, &json!({"emphasis": "No norm"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = post(&format!("{base}/txt2img"), &webuiapi_txt2img("a (cat:1.2)")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["parameters"]["emphasis"], "no_norm", "{v}");
+    let (s, v) = post(&url, &json!({"emphasis": "Loud"})).await;
     assert_eq!((s, v["code"].as_str()), (422, Some("INVALID_INPUT")), "{v}");
 }
 

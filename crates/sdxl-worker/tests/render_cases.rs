@@ -194,6 +194,14 @@ fn every_extra_case_is_covered() {
     assert_eq!(names, ["ddim", "unipc"]);
 }
 
+/// Prompt editing and alternation (SPEC §5a): `syntax_cases.txt`, rendered by
+/// `scripts/fixtures/make_prompt_syntax_renders.py` (A1111's `reconstruct_cond_batch` with the CFG
+/// denoiser's call counter; Heun builds its schedules on twice the steps).
+#[test]
+fn renders_prompt_schedules() {
+    check_in("syntax_cases.txt", &["sched_euler", "sched_heun"]);
+}
+
 #[test]
 fn renders_a1111_timestep_samplers() {
     check_in("extra_cases.txt", &["ddim", "unipc"]);

@@ -3,10 +3,20 @@
 //! context `[1, L, C1+C2]` and pooled `[1, P]` embeddings.
 
 mod chunks;
+mod emphasis;
+mod parser;
+mod schedule;
+mod scheduled;
 mod tokens;
+mod weighted;
 
 pub use chunks::{a1111_chunks, blend_chunks, COMMA_BACKTRACK};
+pub use emphasis::{infotext_value as emphasis_infotext, Emphasis};
+pub use parser::{parse_prompt_attention, split_break, Segment, BREAK_WEIGHT};
+pub use schedule::{entry_index, prompt_schedule, schedule_steps, ScheduleEntry};
+pub use scheduled::{PromptOptions, PromptSchedule, ScheduledConditioning};
 pub use tokens::{ChunkedPrompt, EncodingKind, PromptTokenizer};
+pub use weighted::{tokenize_line, EmbeddingFix, EmbeddingMatcher, LineOptions, WeightedChunk};
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -192,7 +202,8 @@ impl PromptEncoder {
         }
     }
 
-    /// Encodes prompt and negative prompt. A `None` or empty negative gives a zero context
+    /// Encodes prompt and negative prompt as literal text (no A1111 syntax: renders use
+    /// [`Self::scheduled_conditioning`]). A `None` or empty negative gives a zero context
     /// `[1,77,C]` and a zero pooled vector. When the two contexts differ in length (concat mode)
     /// both are repeated along the sequence to the least common multiple of the lengths, which
     /// leaves cross-attention unchanged (SPEC §5).

@@ -53,6 +53,8 @@ pub struct SamplerChoice {
     pub infotext_schedule: String,
     /// How to scale the initial noise.
     pub init_noise: InitNoise,
+    /// A1111 `second_order`: prompt schedules are built on twice the steps (SPEC §5a).
+    pub second_order: bool,
 }
 
 /// What `GET /sdapi/v1/samplers` lists for one sampler.
@@ -417,6 +419,7 @@ pub fn resolve_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerCho
             infotext_sampler: row.name.to_string(),
             infotext_schedule: sched_row(Sched::Automatic).label.to_string(),
             init_noise: InitNoise::VpUnit,
+            second_order: row.second_order,
         });
     }
     let effective = if requested == Sched::Automatic {
@@ -432,6 +435,7 @@ pub fn resolve_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerCho
         infotext_sampler: row.name.to_string(),
         infotext_schedule: sched_row(effective).label.to_string(),
         init_noise: InitNoise::SigmaMax,
+        second_order: row.second_order,
     })
 }
 

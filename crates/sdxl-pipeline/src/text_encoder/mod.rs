@@ -205,6 +205,20 @@ impl ClipTextEncoder {
     /// 49407 since that is the largest id). Layers after the requested one are only run when the
     /// pooled output needs them.
     pub fn forward(&self, ids: &Tensor, clip_skip: usize) -> Result<ClipOutput> {
+        self.forward_with_overrides(ids, clip_skip, &[])
+    }
+
+    /// [`Self::forward`] where the token embeddings (before the position embeddings are added)
+    /// at `row, offset..offset + n` are replaced by an override's `n` vectors, as A1111's
+    /// `EmbeddingsWithFixes` places textual-inversion vectors. Vectors that would run past the
+    /// sequence are cut (A1111 `emb_len = min(len - offset - 1, n)` with its BOS shift already in
+    /// `offset`).
+    pub fn forward_with_overrides(
+        &self,
+        ids: &Tensor,
+        clip_skip: usize,
+        overrides: &[TokenOverride<'_>],
+    ) -> Result<ClipOutput> {
         let (b, s) = ids.dims2()?;
         let max_pos = self.position_embedding.dim(0)?;
         if s == 0 || s > max_pos {
@@ -232,6 +246,7 @@ impl ClipTextEncoder {
             .token_embedding
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, s, self.hidden_size))?;
+        let tokens = self.apply_overrides(tokens, overrides)?;
         let positions = self.position_embedding.narrow(0, 0, s)?;
         let mut xs = tokens.broadcast_add(&positions)?;
         let mask = self.mask.narrow(0, 0, s)?.narrow(1, 0, s)?.contiguous()?;
@@ -256,6 +271,57 @@ impl ClipTextEncoder {
             None => None,
         };
         Ok(ClipOutput { hidden, pooled })
+    }
+}
+
+/// Textual-inversion vectors that replace token embeddings in
+/// [`ClipTextEncoder::forward_with_overrides`].
+#[derive(Debug, Clone, Copy)]
+pub struct TokenOverride<'a> {
+    /// Batch row.
+    pub row: usize,
+    /// First sequence position replaced.
+    pub offset: usize,
+    /// `[n, hidden]` vectors.
+    pub vectors: &'a Tensor,
+}
+
+impl ClipTextEncoder {
+    fn apply_overrides(&self, tokens: Tensor, overrides: &[TokenOverride<'_>]) -> Result<Tensor> {
+        if overrides.is_empty() {
+            return Ok(tokens);
+        }
+        let (b, s, h) = tokens.dims3()?;
+        let mut rows = Vec::with_capacity(b);
+        for r in 0..b {
+            let mut row = tokens.get(r)?;
+            for o in overrides.iter().filter(|o| o.row == r) {
+                let (n, width) = o.vectors.dims2()?;
+                if width != h || o.offset >= s {
+                    return Err(PipelineError::InvalidInput(format!(
+                        "embedding vectors [{n}, {width}] do not fit at position {} of a [{s}, {h}] row",
+                        o.offset
+                    )));
+                }
+                let n = n.min(s - o.offset);
+                let vecs = o
+                    .vectors
+                    .narrow(0, 0, n)?
+                    .to_dtype(row.dtype())?
+                    .to_device(row.device())?;
+                let mut parts = Vec::with_capacity(3);
+                if o.offset > 0 {
+                    parts.push(row.narrow(0, 0, o.offset)?);
+                }
+                parts.push(vecs);
+                if o.offset + n < s {
+                    parts.push(row.narrow(0, o.offset + n, s - o.offset - n)?);
+                }
+                row = Tensor::cat(&parts, 0)?;
+            }
+            rows.push(row);
+        }
+        Ok(Tensor::stack(&rows, 0)?)
     }
 }
 

@@ -279,16 +279,6 @@ pub const REFUSALS: &[Refusal] = &[
         why: "negative guidance minimum sigma (`s_min_uncond`) is not available on this worker",
     },
     Refusal {
-        field: "emphasis",
-        inert: inert_values!("emphasis", ["original"]),
-        why: "emphasis modes other than \"original\" are not available on this worker yet",
-    },
-    Refusal {
-        field: "override_settings.emphasis",
-        inert: inert_values!("override_settings.emphasis", ["original"]),
-        why: "emphasis modes other than \"Original\" are not available on this worker yet",
-    },
-    Refusal {
         field: "override_settings.sd_vae",
         inert: inert_values!("override_settings.sd_vae", ["Automatic"]),
         why: "choosing a VAE per job is not available on this worker (models.toml `[vae]` decides)",

@@ -107,6 +107,18 @@ pub fn infotext(job: &ValidatedJob, labels: &SamplerLabels, index: u32) -> Strin
             .join(", ");
         extra.push(("Loras".to_string(), list));
     }
+    let second_order =
+        sdxl_pipeline::sampling::resolve_sampler(&r.sampler_name, r.scheduler.as_deref())
+            .is_ok_and(|c| c.second_order);
+    let steps = sdxl_pipeline::prompt::schedule_steps(r.steps as usize, second_order);
+    if let Some(name) = sdxl_pipeline::prompt::emphasis_infotext(
+        r.emphasis,
+        &r.prompt,
+        r.negative_prompt.as_deref(),
+        steps,
+    ) {
+        extra.push(("Emphasis".to_string(), name.to_string()));
+    }
     Infotext {
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),
