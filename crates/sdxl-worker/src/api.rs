@@ -38,7 +38,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/options", get(a1111::get_options).post(a1111::set_options))
         .route("/progress", get(a1111::progress))
         .route("/samplers", get(a1111::samplers))
-        .route("/loras", get(a1111::loras));
+        .route("/loras", get(a1111::loras))
+        .route("/embeddings", get(a1111::embeddings));
     Router::new()
         .merge(runpod.clone())
         .nest("/v2/{endpoint_id}", runpod)

@@ -17,6 +17,7 @@ pub mod job;
 pub mod local;
 pub mod logging;
 pub mod models;
+pub mod prompt_tags;
 pub mod protocol;
 pub mod render;
 pub mod runpod;
