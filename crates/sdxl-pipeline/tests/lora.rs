@@ -181,7 +181,7 @@ fn text_encoder_scale_applies_to_text_encoders_only() {
         te_scale: Some(1.6),
         ..lora_a(0.4)
     };
-    let (set, _) = LoraSet::load(&[split.clone()], &ckpt).unwrap();
+    let (set, _) = LoraSet::load(std::slice::from_ref(&split), &ckpt).unwrap();
     let (te_like, _) = LoraSet::load(&[lora_a(1.6)], &ckpt).unwrap();
     let (unet_like, _) = LoraSet::load(&[lora_a(0.4)], &ckpt).unwrap();
     for (c, reference) in [
