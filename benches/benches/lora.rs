@@ -91,6 +91,7 @@ fn lora(c: &mut Criterion) {
             path,
             name: name.into(),
             scale: 1.0,
+            te_scale: None,
         }
     };
     let (a, b) = (spec("a"), spec("b"));

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         path,
         name: "fuzz".into(),
         scale: 1.0,
+        te_scale: None,
     };
     // A 256 MB budget: anything the planner lets through must stay far below the 1 GB limit.
     let budget = LoraBudget {

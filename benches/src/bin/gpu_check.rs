@@ -246,6 +246,7 @@ fn main() -> Result<(), Failure> {
                 path: f.clone(),
                 name: format!("lora{i}"),
                 scale,
+                te_scale: None,
             })
             .collect()
     };

@@ -17,6 +17,7 @@ fn spec(file: &str, name: &str, scale: f64) -> LoraSpec {
         path: PathBuf::from(format!("{FIXTURES}/{file}")),
         name: name.into(),
         scale,
+        te_scale: None,
     }
 }
 
@@ -168,4 +169,41 @@ fn diffusers_dir_checkpoint_resolves_ldm_kohya_names_identically() {
         let b = s2.deltas(c).get(&name).unwrap().unwrap();
         assert_eq!(rel_err(&a, &b), 0.0, "{name}");
     }
+}
+
+/// `te_scale` (A1111's `te_multiplier`, `<lora:NAME:TE:UNET>`) scales the text-encoder modules
+/// and `scale` the UNet's: each component's deltas equal those of a plain set at its multiplier,
+/// and the cache key tells the sets apart.
+#[test]
+fn text_encoder_scale_applies_to_text_encoders_only() {
+    let ckpt = ckpt();
+    let split = LoraSpec {
+        te_scale: Some(1.6),
+        ..lora_a(0.4)
+    };
+    let (set, _) = LoraSet::load(std::slice::from_ref(&split), &ckpt).unwrap();
+    let (te_like, _) = LoraSet::load(&[lora_a(1.6)], &ckpt).unwrap();
+    let (unet_like, _) = LoraSet::load(&[lora_a(0.4)], &ckpt).unwrap();
+    for (c, reference) in [
+        (Component::Unet, &unet_like),
+        (Component::TextEncoder, &te_like),
+        (Component::TextEncoder2, &te_like),
+    ] {
+        let (got, want) = (set.deltas(c), reference.deltas(c));
+        assert!(!got.is_empty(), "{c:?}: the fixture LoRA touches it");
+        assert_eq!(got.names(), want.names(), "{c:?}");
+        for name in got.names() {
+            let g = got.get(&name).unwrap().unwrap();
+            let w = want.get(&name).unwrap().unwrap();
+            assert!(rel_err(&g, &w) < 1e-6, "{c:?} {name}");
+        }
+    }
+    assert_ne!(set.key(), unet_like.key());
+    assert_eq!(
+        LoraSet::key_of(&[LoraSpec {
+            te_scale: None,
+            ..split
+        }]),
+        unet_like.key()
+    );
 }

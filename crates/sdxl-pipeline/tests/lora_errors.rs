@@ -50,6 +50,7 @@ fn write(dir: &Path, name: &str, tensors: &HashMap<String, Tensor>) -> LoraSpec 
         path,
         name: name.into(),
         scale: 1.0,
+        te_scale: None,
     }
 }
 
@@ -255,6 +256,7 @@ fn non_safetensors_files_are_errors() {
             path,
             name: name.into(),
             scale: 1.0,
+            te_scale: None,
         };
         let e = LoraSet::load(&[spec], &ckpt).unwrap_err();
         assert!(
@@ -266,6 +268,7 @@ fn non_safetensors_files_are_errors() {
         path: dir.path().join("absent"),
         name: "absent".into(),
         scale: 1.0,
+        te_scale: None,
     };
     assert!(matches!(
         LoraSet::load(&[missing], &ckpt),

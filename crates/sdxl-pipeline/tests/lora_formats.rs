@@ -36,6 +36,7 @@ fn check(fixture: &str) {
         path: format!("{FIXTURES}/lora/{fixture}.safetensors").into(),
         name: fixture.into(),
         scale: MULT,
+        te_scale: None,
     };
     let (set, warnings) = LoraSet::load(&[spec], &ckpt).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");

@@ -22,6 +22,7 @@ fn set(ckpt: &Checkpoint, specs: &[(&str, f64)]) -> LoraSet {
             path: PathBuf::from(format!("{FIXTURES}/{f}")),
             name: f.to_string(),
             scale: *s,
+            te_scale: None,
         })
         .collect();
     LoraSet::load(&specs, ckpt).unwrap().0

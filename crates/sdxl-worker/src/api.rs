@@ -67,7 +67,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(a1111_control::png_info).layer(DefaultBodyLimit::max(
                 a1111_control::PNG_INFO_BODY_LIMIT.max(state.config.body_limit),
             )),
-        );
+        )
+        .route("/embeddings", get(a1111::embeddings));
     Router::new()
         .merge(runpod.clone())
         .nest("/v2/{endpoint_id}", runpod)

@@ -21,7 +21,8 @@ use crate::download::{
     DownloadRequest, Downloader, FileLock,
 };
 use crate::models::{
-    AuthKind, CheckpointEntry, LoraEntry, ModelsConfig, Source, VaeEntry, DEFAULT_HF_FILE,
+    AuthKind, CheckpointEntry, EmbeddingEntry, LoraEntry, ModelsConfig, Source, VaeEntry,
+    DEFAULT_HF_FILE,
 };
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -71,6 +72,7 @@ macro_rules! impl_cache_entry {
 impl_cache_entry!(CheckpointEntry);
 impl_cache_entry!(LoraEntry);
 impl_cache_entry!(VaeEntry);
+impl_cache_entry!(EmbeddingEntry);
 
 /// A verified local model file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +141,21 @@ impl ModelCache {
                     .await
             }
         }
+    }
+
+    /// The sha256 of `entry`'s file as far as it is known without reading the file: models.toml's
+    /// `sha256`, else a valid verified-hash record of the cached file (downloads record theirs;
+    /// `path =` and `hf:` files only when models.toml gave a sha256). `None` when unknown.
+    pub fn known_sha256(&self, entry: &dyn CacheEntry, path: &Path) -> Option<String> {
+        if let Some(sha) = entry.sha256() {
+            return Some(sha.to_ascii_lowercase());
+        }
+        let meta = std::fs::metadata(path).ok()?;
+        let record = match entry.source() {
+            Source::Url(_) => sibling(path, ".sha256"),
+            Source::Path(_) | Source::HuggingFace { .. } => foreign_record_path(&self.dir, path),
+        };
+        read_sha_record(&record, &meta)
     }
 
     fn gate(&self, key: &Path) -> Arc<tokio::sync::Mutex<()>> {

@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 pub struct LoraSpec {
     /// Name as listed in the catalog (or, from the `render` CLI, a file path).
     pub name: String,
-    /// Merge scale (−4..=4).
+    /// Merge scale (−4..=4) of the UNet, and of the text encoders unless `te_scale` is set.
     pub scale: f64,
+    /// Text-encoder scale when it differs (`<lora:NAME:TE:UNET>` prompt tags, SPEC §5a).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub te_scale: Option<f64>,
 }
 
 /// The names a job may use; plain data filled from models.toml and the pipeline.
@@ -25,6 +28,13 @@ pub struct Catalog {
     pub loras: Vec<LoraSpec>,
     /// LoRAs applied when a job sends no `loras` field.
     pub default_loras: Vec<LoraSpec>,
+    /// File stems of the LoRAs, each with its catalog name: `<lora:STEM:W>` prompt tags may use
+    /// either (SPEC §5a).
+    #[serde(default)]
+    pub lora_stems: Vec<(String, String)>,
+    /// Textual-inversion embedding names (models.toml `[[embeddings]]`).
+    #[serde(default)]
+    pub embeddings: Vec<String>,
     /// A1111 sampler names that work (`GET /sdapi/v1/samplers`).
     pub samplers: Vec<String>,
     /// Schedule types accepted in the `scheduler` field (lower case).
@@ -91,6 +101,15 @@ impl Catalog {
             .map(|l| LoraSpec {
                 name: l.name.clone(),
                 scale: l.scale,
+                te_scale: None,
+            })
+            .collect();
+        let lora_stems = config
+            .loras
+            .iter()
+            .filter_map(|l| {
+                let stem = std::path::Path::new(&l.filename).file_stem()?;
+                Some((stem.to_string_lossy().into_owned(), l.name.clone()))
             })
             .collect();
         Self {
@@ -99,6 +118,8 @@ impl Catalog {
             default_loras: loras.clone(),
             loras,
             vae: config.vae.as_ref().map(|v| v.filename.clone()),
+            lora_stems,
+            embeddings: config.embeddings.iter().map(|e| e.name.clone()).collect(),
             ..Self::pipeline_only()
         }
     }

@@ -43,6 +43,7 @@ pub fn all_entries(cfg: &ModelsConfig) -> Vec<&dyn CacheEntry> {
     if let Some(v) = &cfg.vae {
         out.push(v);
     }
+    out.extend(cfg.embeddings.iter().map(|e| e as &dyn CacheEntry));
     out
 }
 

@@ -87,6 +87,12 @@ pub trait JobHandler: Send + Sync + 'static {
 
     /// Names the validator accepts (checkpoints, LoRAs, samplers).
     fn catalog(&self) -> &Catalog;
+
+    /// The textual-inversion embeddings of the loaded model (`GET /sdapi/v1/embeddings`); none
+    /// by default.
+    fn embeddings(&self) -> Vec<runtime::EmbeddingInfo> {
+        Vec::new()
+    }
 }
 
 /// Validates a raw `input` object against the handler's catalog and runs it (see

@@ -61,8 +61,12 @@ pub struct ValidatedJob {
     pub request: Txt2ImgRequest,
     /// Checkpoint name from the catalog (`None` only when the catalog has none).
     pub checkpoint: Option<String>,
-    /// LoRAs to apply, in order (the catalog defaults when the job sent no `loras`).
+    /// LoRAs to apply, in order (the catalog defaults when the job sent no `loras`), with the
+    /// prompt's `<lora:...>` tags applied (SPEC §5a; `request.prompt` keeps the tags as written,
+    /// the runtime encodes it without them).
     pub loras: Vec<LoraSpec>,
+    /// The prompt's `<lora:...>` tags, resolved (their written names go into `Lora hashes`).
+    pub lora_tags: Vec<crate::prompt_tags::LoraTag>,
     /// Encoding of the returned images.
     pub output_format: ImageFormat,
     /// True when the job asked for seed −1 and the seed was drawn at random.
@@ -153,6 +157,16 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     let emphasis = c.emphasis();
     let checkpoint = c.checkpoint(catalog);
     let loras = c.loras(catalog);
+    let tagged = crate::prompt_tags::job_set(
+        prompt.as_deref(),
+        loras.unwrap_or_else(|| catalog.default_loras.clone()),
+        catalog,
+        MAX_LORAS,
+    );
+    for p in &tagged.problems {
+        c.unknown_models += usize::from(p.unknown_model);
+        c.problem(p.message.clone());
+    }
     let output_format = c.output_format();
     let upload = c.upload(catalog);
 
@@ -161,6 +175,11 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     c.problems.extend(refusals::problems(obj));
 
     let mut warnings = std::mem::take(&mut c.notes);
+    warnings.extend(
+        negative_prompt
+            .as_deref()
+            .and_then(crate::prompt_tags::negative_prompt_warning),
+    );
     let mut unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
@@ -216,7 +235,8 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
         request,
         checkpoint: checkpoint
             .or_else(|| catalog.effective_default_checkpoint().map(str::to_string)),
-        loras: loras.unwrap_or_else(|| catalog.default_loras.clone()),
+        loras: tagged.loras,
+        lora_tags: tagged.tags,
         output_format: output_format.unwrap_or_default(),
         seed_was_random,
         warnings,
@@ -663,7 +683,11 @@ impl<'a> Checker<'a> {
                         self.problem(format!("LoRA {name:?} is listed twice in `loras`"));
                         ok = false;
                     }
-                    out.push(LoraSpec { name, scale });
+                    out.push(LoraSpec {
+                        name,
+                        scale,
+                        te_scale: None,
+                    });
                 }
                 _ => ok = false,
             }

@@ -18,6 +18,7 @@ pub mod local;
 pub mod logging;
 pub mod models;
 pub mod png_info;
+pub mod prompt_tags;
 pub mod protocol;
 pub mod render;
 pub mod runpod;

@@ -153,6 +153,22 @@ pub struct LoraEntry {
     pub auth: Option<AuthKind>,
 }
 
+/// An `[[embeddings]]` entry: an SDXL textual-inversion file (`clip_l` + `clip_g`) that prompts
+/// use by its name (SPEC §5a).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingEntry {
+    /// The word that triggers it in prompts.
+    pub name: String,
+    /// Where it comes from.
+    pub source: Source,
+    /// File name inside the cache dir.
+    pub filename: String,
+    /// Expected lowercase hex sha256.
+    pub sha256: Option<String>,
+    /// Credential policy override.
+    pub auth: Option<AuthKind>,
+}
+
 /// The optional `[vae]` override.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeEntry {
@@ -182,6 +198,8 @@ pub struct ModelsConfig {
     pub loras: Vec<LoraEntry>,
     /// VAE override.
     pub vae: Option<VaeEntry>,
+    /// Textual-inversion embeddings (`[[embeddings]]`), loaded with every checkpoint.
+    pub embeddings: Vec<EmbeddingEntry>,
     /// The file this came from (for messages).
     pub origin: PathBuf,
 }
@@ -195,6 +213,8 @@ struct RawFile {
     #[serde(default)]
     loras: Vec<RawEntry>,
     vae: Option<RawEntry>,
+    #[serde(default)]
+    embeddings: Vec<RawEntry>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +240,7 @@ enum Table {
     Checkpoints,
     Loras,
     Vae,
+    Embeddings,
 }
 
 struct EntryCtx<'a> {
@@ -334,13 +355,25 @@ impl ModelsConfig {
 
         let vae = raw.vae.map(|e| vae_entry(e, origin, base)).transpose()?;
 
+        let mut embeddings = Vec::with_capacity(raw.embeddings.len());
+        for (i, e) in raw.embeddings.into_iter().enumerate() {
+            embeddings.push(embedding_entry(e, i, origin, base)?);
+        }
+        check_unique(
+            embeddings.iter().map(|e| e.name.as_str()),
+            "embeddings",
+            origin,
+        )?;
+
         check_unique_filenames(&checkpoints, &loras, vae.as_ref(), origin)?;
+        check_embedding_filenames(&checkpoints, &loras, vae.as_ref(), &embeddings, origin)?;
 
         Ok(ModelsConfig {
             cache_dir,
             checkpoints,
             loras,
             vae,
+            embeddings,
             origin: origin.to_path_buf(),
         })
     }
@@ -366,6 +399,11 @@ impl ModelsConfig {
     /// The LoRA called `name`.
     pub fn lora(&self, name: &str) -> Option<&LoraEntry> {
         self.loras.iter().find(|l| l.name == name)
+    }
+
+    /// The embedding called `name`.
+    pub fn embedding(&self, name: &str) -> Option<&EmbeddingEntry> {
+        self.embeddings.iter().find(|e| e.name == name)
     }
 
     /// The checkpoint called `name`, or an `UNKNOWN_MODEL` error listing the known names.
@@ -509,6 +547,68 @@ fn lora_entry(e: RawEntry, i: usize, file: &Path, base: &Path) -> Result<LoraEnt
         scale,
         auth: common.auth,
     })
+}
+
+fn embedding_entry(
+    e: RawEntry,
+    i: usize,
+    file: &Path,
+    base: &Path,
+) -> Result<EmbeddingEntry, ModelsError> {
+    let ctx = ctx_for(&e, "embeddings", i, file, base);
+    reject_keys(&e, Table::Embeddings, &ctx)?;
+    let common = common_fields(&e, &ctx)?;
+    Ok(EmbeddingEntry {
+        name: common.name,
+        source: common.source,
+        filename: common.filename,
+        sha256: common.sha256,
+        auth: common.auth,
+    })
+}
+
+/// An embedding download must not share a cache file with any other download.
+fn check_embedding_filenames(
+    checkpoints: &[CheckpointEntry],
+    loras: &[LoraEntry],
+    vae: Option<&VaeEntry>,
+    embeddings: &[EmbeddingEntry],
+    file: &Path,
+) -> Result<(), ModelsError> {
+    let downloaded = |s: &Source| matches!(s, Source::Url(_));
+    let others: Vec<&str> = checkpoints
+        .iter()
+        .filter(|c| downloaded(&c.source))
+        .map(|c| c.filename.as_str())
+        .chain(
+            loras
+                .iter()
+                .filter(|l| downloaded(&l.source))
+                .map(|l| l.filename.as_str()),
+        )
+        .chain(
+            vae.filter(|v| downloaded(&v.source))
+                .map(|v| v.filename.as_str()),
+        )
+        .collect();
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, e) in embeddings.iter().enumerate() {
+        if !downloaded(&e.source) {
+            continue;
+        }
+        let f = e.filename.as_str();
+        if others.contains(&f) || seen.contains(&f) {
+            return Err(ModelsError::Invalid {
+                file: file.to_path_buf(),
+                entry: format!("embeddings[{i}] {:?}", e.name),
+                problem: format!(
+                    "filename {f:?} is already used by another entry; each download needs its own file name"
+                ),
+            });
+        }
+        seen.push(f);
+    }
+    Ok(())
 }
 
 fn vae_entry(mut e: RawEntry, file: &Path, base: &Path) -> Result<VaeEntry, ModelsError> {

@@ -67,10 +67,14 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
     for w in &job.warnings {
         eprintln!("warning: {w}");
     }
-    let loras = if args.loras.is_empty() {
+    let mut loras = if args.loras.is_empty() {
         job.loras
             .iter()
-            .map(|l| runtime.resolve_lora(&l.name, Some(l.scale), false))
+            .map(|l| {
+                runtime
+                    .resolve_lora(&l.name, Some(l.scale), false)
+                    .map(|r| r.with_te_scale(l.te_scale))
+            })
             .collect::<Result<Vec<_>, _>>()
     } else {
         args.loras
@@ -79,6 +83,20 @@ pub fn run(args: &RenderArgs, models_toml: Option<&Path>) -> anyhow::Result<Exit
             .collect::<Result<Vec<_>, _>>()
     }
     .map_err(tagged)?;
+    if !args.loras.is_empty() {
+        // `--lora` stands for the `loras` field: the prompt's tags apply on top (SPEC §5a).
+        for tag in &job.lora_tags {
+            let spec = tag.spec();
+            let r = runtime
+                .resolve_lora(&spec.name, Some(spec.scale), false)
+                .map_err(tagged)?
+                .with_te_scale(spec.te_scale);
+            match loras.iter_mut().find(|l| l.label == r.label) {
+                Some(existing) => *existing = r,
+                None => loras.push(r),
+            }
+        }
+    }
     job.checkpoint = Some(checkpoint.label.clone());
     job.loras = runtime::lora_specs(&loras);
     job.warnings.clear(); // printed above

@@ -73,6 +73,12 @@ impl ModelStore {
         })
     }
 
+    /// The sha256 of `entry`'s local file `path` when known without reading it (models.toml, or
+    /// the cache's verified-hash record); see [`ModelCache::known_sha256`].
+    pub fn known_sha256(&self, entry: &dyn CacheEntry, path: &std::path::Path) -> Option<String> {
+        self.cache.known_sha256(entry, path)
+    }
+
     /// The models.toml `[vae]` override as a verified local file (downloaded on first use), or
     /// `None` when models.toml names no VAE.
     pub fn vae_override(&self) -> Result<Option<VaeOverride>, DownloadError> {

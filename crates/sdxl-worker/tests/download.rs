@@ -947,3 +947,83 @@ async fn fetch_all_continues_past_failures_and_counts_them() {
     assert_eq!(std::fs::read(good).unwrap(), body);
     assert_eq!(srv.requests().len(), 2);
 }
+
+/// models.toml `[[embeddings]]` entries download like LoRAs — by `fetch` and, on first use, when
+/// the model runtime loads a checkpoint — and their verified sha256 is known afterwards (for the
+/// infotext's `TI hashes`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedding_entries_download_and_load_with_the_model() {
+    use candle_core::{DType, Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.safetensors");
+    // The tiny fixture model's text encoders are 32 (CLIP-L) and 48 (bigG) wide.
+    let tensors: HashMap<String, Tensor> = [
+        (
+            "clip_l".to_string(),
+            Tensor::ones((2, 32), DType::F32, &Device::Cpu).unwrap(),
+        ),
+        (
+            "clip_g".to_string(),
+            Tensor::ones((2, 48), DType::F32, &Device::Cpu).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    candle_core::safetensors::save(&tensors, &src).unwrap();
+    let body = std::fs::read(&src).unwrap();
+    let b = body.clone();
+    let srv = Server::start(move |_, _| Reply::ok(&b)).await;
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let toml = |cache: &Path| {
+        format!(
+            "cache_dir = \"{}\"\n[[checkpoints]]\nname = \"Tiny\"\npath = \"{}\"\nconfig = \"{}\"\n\
+             [[embeddings]]\nname = \"dlEmb\"\nurl = \"{}\"\n",
+            cache.display(),
+            fx.join("tiny-sdxl-single-file.safetensors").display(),
+            fx.join("tiny-sdxl").display(),
+            srv.url("/emb.safetensors")
+        )
+    };
+
+    // `sdxl-worker fetch`.
+    let cache_dir = dir.path().join("cache");
+    let cfg =
+        sdxl_worker::models::ModelsConfig::from_toml_str(&toml(&cache_dir), Path::new("m.toml"))
+            .unwrap();
+    let cache = ModelCache::with_options(cache_dir.clone(), fast_opts()).unwrap();
+    assert_eq!(sdxl_worker::fetch::fetch_all(&cfg, &cache).await, 0);
+    let path = cache_dir.join("dlemb.safetensors");
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert_eq!(
+        cache.known_sha256(&cfg.embeddings[0], &path),
+        Some(sha_hex(&body))
+    );
+
+    // The model runtime, with an empty cache: downloaded when the checkpoint loads.
+    let cache2 = dir.path().join("cache2");
+    let cfg2 =
+        sdxl_worker::models::ModelsConfig::from_toml_str(&toml(&cache2), Path::new("m.toml"))
+            .unwrap();
+    let infos = tokio::task::spawn_blocking(move || {
+        let rt =
+            sdxl_worker::runtime::ModelRuntime::new(Some(cfg2), Device::Cpu, DType::F32).unwrap();
+        rt.preload().expect("preload");
+        rt.embeddings()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        infos,
+        vec![sdxl_worker::runtime::EmbeddingInfo {
+            name: "dlEmb".into(),
+            vectors: 2,
+            shape: 80,
+            sha256: Some(sha_hex(&body)),
+        }]
+    );
+    assert_eq!(srv.requests().len(), 2);
+    assert_eq!(
+        std::fs::read(cache2.join("dlemb.safetensors")).unwrap(),
+        body
+    );
+}

@@ -77,7 +77,8 @@ fn every_field_is_read_and_aliases_work() {
         j.loras,
         vec![LoraSpec {
             name: "Pixel Art XL".into(),
-            scale: -0.5
+            scale: -0.5,
+            te_scale: None,
         }]
     );
     assert_eq!(j.output_format, ImageFormat::Jpeg { quality: 95 });

@@ -87,6 +87,8 @@ fn shipped_models_toml_matches_spec() {
         Source::Path(PathBuf::from("/models/my_model.safetensors"))
     );
     assert_eq!(full.loras.len(), 3);
+    assert_eq!(full.embeddings.len(), 1);
+    assert_eq!(full.embeddings[0].name, "negativeXL_D");
     assert_eq!(
         full.lora("Mirrored LoRA").unwrap().auth,
         Some(AuthKind::Civitai)

@@ -9,6 +9,11 @@
 //! `extra_cases.txt` (same format and bar) adds A1111's timestep samplers DDIM and UniPC, rendered
 //! by `scripts/fixtures/make_timestep_renders.py` (Python ports of A1111's samplers on the same
 //! reference pipeline).
+//!
+//! `lora_tag_cases.txt` (same format and bar) renders `<lora:NAME:W>` and `<lora:NAME:TE:UNET>`
+//! prompt tags (SPEC §5a) through `lora/tags.models.toml`, against references made by
+//! `scripts/fixtures/make_lora_tag_renders.py` (A1111's tag parse + diffusers per-component
+//! LoRA weights).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,8 +94,9 @@ fn run_case(name: &str, words: &[String], out_dir: &Path) -> (f64, u8) {
         .collect();
     let output = Command::new(env!("CARGO_BIN_EXE_sdxl-worker"))
         .args(&args)
-        // No models.toml at all: the checkpoint is given as a path.
+        // No models.toml unless the case names one: the checkpoint is given as a path.
         .env_remove("SDXL_MODELS_TOML")
+        .env("SDXL_CACHE_DIR", out_dir.join("cache"))
         .current_dir(out_dir)
         .output()
         .expect("run sdxl-worker");
@@ -205,4 +211,39 @@ fn renders_prompt_schedules() {
 #[test]
 fn renders_a1111_timestep_samplers() {
     check_in("extra_cases.txt", &["ddim", "unipc"]);
+}
+
+#[test]
+fn every_lora_tag_case_is_covered() {
+    let names: Vec<String> = cases_in("lora_tag_cases.txt")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["lora_tag", "lora_tag_split"]);
+}
+
+/// `<lora:tiny-lora-kohya:0.8>` (file stem) and `<lora:Tiny Kohya:1.6:0.4>` (models.toml name,
+/// text encoders 1.6, UNet 0.4) render like the references; the infotext keeps the prompt as
+/// written and adds A1111's `Lora hashes` with the name the tag used.
+#[test]
+fn renders_lora_prompt_tags() {
+    check_in("lora_tag_cases.txt", &["lora_tag", "lora_tag_split"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = cases_in("lora_tag_cases.txt");
+    let (name, words) = &all[0];
+    run_case(name, words, dir.path());
+    let bytes = std::fs::read(dir.path().join("lora_tag.png")).expect("png");
+    let info = sdxl_pipeline::output::read_png_parameters(&bytes)
+        .expect("png text")
+        .expect("parameters chunk");
+    assert!(
+        info.starts_with(
+            "a photo of an astronaut riding a horse on mars, highly detailed, <lora:tiny-lora-kohya:0.8>\n"
+        ),
+        "{info}"
+    );
+    assert!(
+        info.contains(", Lora hashes: \"tiny-lora-kohya: 0b46d5849fdd\","),
+        "{info}"
+    );
 }

@@ -28,12 +28,31 @@ use deltas::Term;
 pub use live::{LiveWeights, SwitchOutcome};
 use module::Planned;
 
-/// One LoRA of a request: file, display name and multiplier (A1111 `<lora:name:scale>`).
+/// One LoRA of a request: file, display name and multipliers (A1111 `<lora:name:scale>` and
+/// `<lora:name:te:unet>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraSpec {
+    /// The LoRA file.
     pub path: PathBuf,
+    /// Display name (messages, cache key).
     pub name: String,
+    /// Multiplier of the UNet modules, and of the text-encoder modules unless `te_scale` is set.
     pub scale: f64,
+    /// Multiplier of the text-encoder modules (`lora_te1_*`, `lora_te2_*`, PEFT `text_encoder*`)
+    /// when it differs from `scale` (A1111's `te_multiplier`); `None` ⇒ `scale`.
+    pub te_scale: Option<f64>,
+}
+
+impl LoraSpec {
+    /// The multiplier of the modules of `component`: `te_scale` (else `scale`) for the text
+    /// encoders, `scale` for the UNet (A1111 applies `te_multiplier` to `lora_te*` modules and
+    /// `unet_multiplier` to `lora_unet*` modules).
+    pub fn scale_for(&self, component: Component) -> f64 {
+        match component {
+            Component::TextEncoder | Component::TextEncoder2 => self.te_scale.unwrap_or(self.scale),
+            Component::Unet | Component::Vae => self.scale,
+        }
+    }
 }
 
 /// Parsed and resolved LoRAs: the summed f32 delta of every touched parameter, per component.
@@ -112,7 +131,10 @@ impl LoraSet {
     pub fn key_of(specs: &[LoraSpec]) -> String {
         specs
             .iter()
-            .map(|s| format!("{}={}@{}", s.name, s.path.display(), s.scale))
+            .map(|s| match s.te_scale {
+                Some(te) => format!("{}={}@{}/te{}", s.name, s.path.display(), s.scale, te),
+                None => format!("{}={}@{}", s.name, s.path.display(), s.scale),
+            })
             .collect::<Vec<_>>()
             .join(";")
     }
@@ -277,10 +299,10 @@ fn resolve(
 ) -> Result<Vec<(keys::Target, Term)>> {
     let (table, ckpt) = (ctx.table, ctx.ckpt);
     refuse_non_sdxl(spec, lora)?;
-    if !spec.scale.is_finite() {
+    if !spec.scale.is_finite() || !spec.te_scale.unwrap_or(0.0).is_finite() {
         return Err(PipelineError::InvalidInput(format!(
-            "LoRA `{}`: scale {} is not finite",
-            spec.name, spec.scale
+            "LoRA `{}`: scale {} (text encoders {:?}) is not finite",
+            spec.name, spec.scale, spec.te_scale
         )));
     }
     let peft_alpha = peft_alphas(lora);
@@ -331,7 +353,7 @@ fn resolve(
                     Term::LowRank {
                         up,
                         down,
-                        scale: spec.scale * s,
+                        scale: spec.scale_for(target.component) * s,
                     },
                 ));
                 continue;
@@ -424,7 +446,7 @@ fn resolve(
             let base = vb.get(target.shape.as_slice(), &target.param)?;
             delta = math::dora(&delta, &base, ds)?;
         }
-        let delta = (delta * (spec.scale * s))?;
+        let delta = (delta * (spec.scale_for(target.component) * s))?;
         out.push((target.clone(), Term::Full(delta)));
     }
     if out.is_empty() {

@@ -201,6 +201,13 @@ pub async fn samplers(State(state): State<Arc<ApiState>>) -> Json<Value> {
     Json(Value::Array(list))
 }
 
+/// `GET /sdapi/v1/embeddings`: A1111's `EmbeddingsResponse` for the loaded model's embeddings.
+pub async fn embeddings(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(crate::runtime::embeddings::a1111_reply(
+        &state.handler.embeddings(),
+    ))
+}
+
 /// `GET /sdapi/v1/loras`.
 pub async fn loras(State(state): State<Arc<ApiState>>) -> Json<Value> {
     let list: Vec<Value> = state

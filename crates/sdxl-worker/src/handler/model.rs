@@ -23,4 +23,8 @@ impl JobHandler for ModelRuntime {
     fn catalog(&self) -> &Catalog {
         ModelRuntime::catalog(self)
     }
+
+    fn embeddings(&self) -> Vec<crate::runtime::EmbeddingInfo> {
+        ModelRuntime::embeddings(self)
+    }
 }

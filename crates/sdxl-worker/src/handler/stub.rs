@@ -43,6 +43,7 @@ pub fn stub_catalog() -> Catalog {
     let detail = LoraSpec {
         name: "Detail Tweaker XL".into(),
         scale: 1.5,
+        te_scale: None,
     };
     Catalog {
         checkpoints: vec!["Stub XL".into(), "Other XL".into()],
@@ -52,6 +53,7 @@ pub fn stub_catalog() -> Catalog {
             LoraSpec {
                 name: "Pixel Art XL".into(),
                 scale: 1.0,
+                te_scale: None,
             },
         ],
         default_loras: vec![detail],
@@ -92,7 +94,13 @@ impl JobHandler for StubHandler {
                 RgbImage::new(side, side, vec![shade; side as usize * side as usize * 3])
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let images = output::encode_all(job, &SamplerLabels::of(job)?, &images, &seeds)?;
+        let images = output::encode_all(
+            job,
+            &SamplerLabels::of(job)?,
+            &images,
+            &seeds,
+            &output::NetworkHashes::default(),
+        )?;
         let total_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let rendered = Rendered {
             images,

@@ -5,6 +5,7 @@
 //! dtype, switches LoRA sets in place, and renders a validated job into encoded images with
 //! their infotext ([`Rendered`]). Frontends only translate their inputs and outputs.
 
+pub mod embeddings;
 pub mod output;
 pub mod resolve;
 
@@ -24,7 +25,8 @@ use crate::job::ValidatedJob;
 use crate::models::ModelsConfig;
 use crate::protocol::Timings;
 use crate::store::ModelStore;
-pub use output::{infotext, Rendered, RenderedImage, SamplerLabels};
+pub use embeddings::EmbeddingInfo;
+pub use output::{infotext, infotext_with, NetworkHashes, Rendered, RenderedImage, SamplerLabels};
 pub use resolve::{CliOverrides, Location, ResolvedCheckpoint, ResolvedLora, VaeChoice};
 
 /// What one render uses: a resolved checkpoint and LoRA set.
@@ -74,6 +76,8 @@ struct Loaded {
     model: SdxlModel,
     /// Warnings of the merged LoRA set (repeated with every job that uses it).
     lora_warnings: Vec<String>,
+    /// The models.toml embeddings given to this model.
+    embeddings: Vec<EmbeddingInfo>,
 }
 
 /// Loads models on one device and renders jobs with them; keeps the last model in memory.
@@ -84,6 +88,8 @@ pub struct ModelRuntime {
     dtype: DType,
     loaded: Mutex<Option<Loaded>>,
     loads: AtomicU64,
+    /// The embeddings of the loaded model, readable without waiting for a running job.
+    embedding_infos: Mutex<Vec<EmbeddingInfo>>,
 }
 
 impl ModelRuntime {
@@ -105,6 +111,7 @@ impl ModelRuntime {
             dtype,
             loaded: Mutex::new(None),
             loads: AtomicU64::new(0),
+            embedding_infos: Mutex::new(Vec::new()),
         })
     }
 
@@ -148,6 +155,15 @@ impl ModelRuntime {
         resolve::lora(self.config(), reference, scale, allow_paths)
     }
 
+    /// The embeddings of the loaded model (empty before the first load); `GET
+    /// /sdapi/v1/embeddings`.
+    pub fn embeddings(&self) -> Vec<EmbeddingInfo> {
+        match self.embedding_infos.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// The plan of a validated job: its catalog checkpoint and LoRAs (names only, no paths).
     pub fn plan_for(&self, job: &ValidatedJob) -> Result<RenderPlan, WorkerError> {
         let checkpoint =
@@ -155,7 +171,10 @@ impl ModelRuntime {
         let loras = job
             .loras
             .iter()
-            .map(|l| self.resolve_lora(&l.name, Some(l.scale), false))
+            .map(|l| {
+                self.resolve_lora(&l.name, Some(l.scale), false)
+                    .map(|r| r.with_te_scale(l.te_scale))
+            })
             .collect::<Result<_, _>>()?;
         Ok(RenderPlan { checkpoint, loras })
     }
@@ -175,7 +194,7 @@ impl ModelRuntime {
         let loaded = slot
             .as_mut()
             .ok_or_else(|| WorkerError::Internal("model slot empty after loading".into()))?;
-        self.merge_loras(loaded, &loras)
+        self.merge_loras(loaded, &loras).map(|_| ())
     }
 
     /// Renders `job` with `plan`: loads the checkpoint and LoRA set when they differ from the
@@ -195,8 +214,12 @@ impl ModelRuntime {
             .as_mut()
             .ok_or_else(|| WorkerError::Internal("model slot empty after loading".into()))?;
         let lora_started = Instant::now();
-        self.merge_loras(loaded, &plan.loras)?;
+        let lora_shas = self.merge_loras(loaded, &plan.loras)?;
         load_ms += ms(lora_started);
+        // The text encoders see the prompt without its `<lora:...>` tags (SPEC §5a); the
+        // infotext keeps them.
+        let mut request = job.request.clone();
+        request.prompt = crate::prompt_tags::encoded_prompt(&request.prompt);
         let mut on_step = |p: StepProgress| {
             #[cfg(debug_assertions)]
             if job.request.prompt == TEST_PANIC_PROMPT {
@@ -204,13 +227,17 @@ impl ModelRuntime {
             }
             progress(p.done, p.total)
         };
-        let out = loaded.model.txt2img(&job.request, &mut on_step, cancel)?;
+        let out = loaded.model.txt2img(&request, &mut on_step, cancel)?;
         let labels = SamplerLabels {
             sampler: out.sampler.clone(),
             schedule: out.schedule_type.clone(),
         };
         let encode_started = Instant::now();
-        let images = output::encode_all(job, &labels, &out.images, &out.seeds)?;
+        let hashes = NetworkHashes {
+            lora: lora_hashes(job, &plan.loras, &lora_shas),
+            ti: embeddings::ti_hashes(&out.used_embeddings, &loaded.embeddings),
+        };
+        let images = output::encode_all(job, &labels, &out.images, &out.seeds, &hashes)?;
         let mut warnings = loaded.lora_warnings.clone();
         warnings.extend(out.warnings);
         Ok(Rendered {
@@ -269,7 +296,19 @@ impl ModelRuntime {
             device: self.device.clone(),
             prediction: checkpoint.prediction,
         };
-        let model = SdxlModel::load(opened, options)?;
+        let mut model = SdxlModel::load(opened, options)?;
+        let infos = match &self.store {
+            Some(store) => {
+                let (list, infos) = embeddings::load_all(store)?;
+                embeddings::install(&mut model, list, store)?;
+                infos
+            }
+            None => Vec::new(),
+        };
+        match self.embedding_infos.lock() {
+            Ok(mut g) => *g = infos.clone(),
+            Err(poisoned) => *poisoned.into_inner() = infos.clone(),
+        }
         self.loads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             checkpoint = %checkpoint.label,
@@ -280,36 +319,49 @@ impl ModelRuntime {
             checkpoint: checkpoint.clone(),
             model,
             lora_warnings: Vec::new(),
+            embeddings: infos,
         });
         Ok(ms(started))
     }
 
     /// Makes `loras` the merged set of `loaded` (fetching LoRA files on first use). The same set
-    /// as before costs nothing; another set rewrites only the touched weights.
-    fn merge_loras(&self, loaded: &mut Loaded, loras: &[ResolvedLora]) -> Result<(), WorkerError> {
+    /// as before costs nothing; another set rewrites only the touched weights. Returns each
+    /// LoRA's sha256 where known (models.toml or the cache's verified-hash record).
+    fn merge_loras(
+        &self,
+        loaded: &mut Loaded,
+        loras: &[ResolvedLora],
+    ) -> Result<Vec<Option<String>>, WorkerError> {
         let mut specs = Vec::with_capacity(loras.len());
+        let mut shas = Vec::with_capacity(loras.len());
         for l in loras {
+            let (path, sha) = match &l.location {
+                Location::Path(p) => (p.clone(), None),
+                Location::Entry(name) => {
+                    let store = self.store_for(name)?;
+                    let entry = store.config().require_lora(name)?;
+                    let path = store.fetch(entry, None)?;
+                    let sha = store.known_sha256(entry, &path);
+                    (path, sha)
+                }
+            };
+            shas.push(sha);
             specs.push(lora::LoraSpec {
-                path: match &l.location {
-                    Location::Path(p) => p.clone(),
-                    Location::Entry(name) => {
-                        let store = self.store_for(name)?;
-                        store.fetch(store.config().require_lora(name)?, None)?
-                    }
-                },
+                path,
                 name: l.label.clone(),
                 scale: l.scale,
+                te_scale: l.te_scale,
             });
         }
         let key = LoraSet::key_of(&specs);
         if loaded.model.lora_key() == Some(key.as_str()) {
-            return Ok(());
+            return Ok(shas);
         }
         let (set, warnings) = LoraSet::load(&specs, loaded.model.checkpoint())?;
         let rewritten = loaded.model.set_loras(&set)?;
         tracing::info!(loras = %key, rewritten, "LoRA set merged");
         loaded.lora_warnings = warnings;
-        Ok(())
+        Ok(shas)
     }
 
     /// The store that serves models.toml entry `name`.
@@ -339,8 +391,34 @@ pub fn lora_specs(loras: &[ResolvedLora]) -> Vec<LoraSpec> {
         .map(|l| LoraSpec {
             name: l.label.clone(),
             scale: l.scale,
+            te_scale: l.te_scale,
         })
         .collect()
+}
+
+/// `Lora hashes` of a render (A1111's Lora extension): for each LoRA whose sha256 is known, the
+/// name its prompt tag used (else its catalog name) without `:`/`,`, and the shorthash; each
+/// alias once.
+pub fn lora_hashes(
+    job: &ValidatedJob,
+    loras: &[ResolvedLora],
+    shas: &[Option<String>],
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (l, sha) in loras.iter().zip(shas) {
+        let Some(sha) = sha else { continue };
+        let written = job
+            .lora_tags
+            .iter()
+            .rev()
+            .find(|t| t.name == l.label)
+            .map_or(l.label.as_str(), |t| t.written.as_str());
+        let alias = output::hash_alias(written);
+        if !out.iter().any(|(a, _)| *a == alias) {
+            out.push((alias, output::shorthash(sha)));
+        }
+    }
+    out
 }
 
 /// Loads models.toml for `render`: a file that does not exist is fine when the checkpoint is a

@@ -71,19 +71,64 @@ impl Rendered {
     }
 }
 
+/// The file hashes an infotext lists (A1111's `Lora hashes` and `TI hashes`): `(alias,
+/// shorthash)` pairs in order; entries whose sha256 is unknown are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkHashes {
+    /// `Lora hashes`: the name the prompt's tag used (else the catalog name) and its shorthash.
+    pub lora: Vec<(String, String)>,
+    /// `TI hashes`: embedding name and shorthash.
+    pub ti: Vec<(String, String)>,
+}
+
+impl NetworkHashes {
+    /// The infotext fields: `("Lora hashes", "a: 0123456789ab, b: ...")`, then `TI hashes`.
+    pub fn fields(&self) -> Vec<(String, String)> {
+        let join = |list: &[(String, String)]| {
+            list.iter()
+                .map(|(name, hash)| format!("{name}: {hash}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = Vec::new();
+        if !self.lora.is_empty() {
+            out.push(("Lora hashes".to_string(), join(&self.lora)));
+        }
+        if !self.ti.is_empty() {
+            out.push(("TI hashes".to_string(), join(&self.ti)));
+        }
+        out
+    }
+}
+
+/// A1111's shorthash: the first 12 hex digits of the file's sha256 (lower case).
+pub fn shorthash(sha256: &str) -> String {
+    sha256
+        .chars()
+        .take(12)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// A name as A1111 writes it in `Lora hashes` / `TI hashes`: without `:` and `,`.
+pub fn hash_alias(name: &str) -> String {
+    name.chars().filter(|c| *c != ':' && *c != ',').collect()
+}
+
 /// Encodes every image in the job's output format with its infotext.
 pub fn encode_all(
     job: &ValidatedJob,
     labels: &SamplerLabels,
     images: &[RgbImage],
     seeds: &[u64],
+    hashes: &NetworkHashes,
 ) -> Result<Vec<RenderedImage>, WorkerError> {
     images
         .iter()
         .zip(seeds)
         .enumerate()
         .map(|(i, (img, &seed))| {
-            let info = infotext(job, labels, i as u32);
+            let info = infotext_with(job, labels, i as u32, hashes);
             let bytes = encode_image(img, job.output_format, Some(&info))?;
             Ok(RenderedImage {
                 bytes,
@@ -94,15 +139,34 @@ pub fn encode_all(
         .collect()
 }
 
-/// The A1111 infotext of image `index` of `job`.
+/// The A1111 infotext of image `index` of `job` (no file hashes).
 pub fn infotext(job: &ValidatedJob, labels: &SamplerLabels, index: u32) -> String {
+    infotext_with(job, labels, index, &NetworkHashes::default())
+}
+
+/// The A1111 infotext of image `index` of `job`, with `Lora hashes` / `TI hashes`. The prompt is
+/// the one written, `<lora:...>` tags included (as A1111 writes it).
+pub fn infotext_with(
+    job: &ValidatedJob,
+    labels: &SamplerLabels,
+    index: u32,
+    hashes: &NetworkHashes,
+) -> String {
     let r = &job.request;
     let mut extra = Vec::new();
     if !job.loras.is_empty() {
         let list = job
             .loras
             .iter()
-            .map(|l| format!("{}:{}", l.name, format_number(l.scale)))
+            .map(|l| match l.te_scale {
+                Some(te) => format!(
+                    "{}:{}:{}",
+                    l.name,
+                    format_number(te),
+                    format_number(l.scale)
+                ),
+                None => format!("{}:{}", l.name, format_number(l.scale)),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         extra.push(("Loras".to_string(), list));
@@ -119,6 +183,7 @@ pub fn infotext(job: &ValidatedJob, labels: &SamplerLabels, index: u32) -> Strin
     ) {
         extra.push(("Emphasis".to_string(), name.to_string()));
     }
+    extra.extend(hashes.fields());
     Infotext {
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),

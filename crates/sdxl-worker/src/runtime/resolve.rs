@@ -52,8 +52,18 @@ pub struct ResolvedLora {
     pub label: String,
     /// Where the file is.
     pub location: Location,
-    /// Merge scale.
+    /// Merge scale (the UNet's, and the text encoders' unless `te_scale` is set).
     pub scale: f64,
+    /// Text-encoder scale when it differs (`<lora:NAME:TE:UNET>`).
+    pub te_scale: Option<f64>,
+}
+
+impl ResolvedLora {
+    /// This LoRA with a separate text-encoder scale (`None` ⇒ `scale`).
+    pub fn with_te_scale(mut self, te_scale: Option<f64>) -> Self {
+        self.te_scale = te_scale;
+        self
+    }
 }
 
 /// How the CLI may widen what a reference can name (jobs never get paths).
@@ -138,6 +148,7 @@ pub fn lora(
             label: entry.name.clone(),
             location: Location::Entry(entry.name.clone()),
             scale: scale.unwrap_or(entry.scale),
+            te_scale: None,
         });
     }
     let path = Path::new(reference);
@@ -146,6 +157,7 @@ pub fn lora(
             label: file_label(path, reference),
             location: Location::Path(path.to_path_buf()),
             scale: scale.unwrap_or(1.0),
+            te_scale: None,
         });
     }
     let what = if allow_paths {
