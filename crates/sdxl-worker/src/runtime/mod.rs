@@ -207,6 +207,7 @@ impl ModelRuntime {
         let labels = SamplerLabels {
             sampler: out.sampler.clone(),
             schedule: out.schedule_type.clone(),
+            extra: out.sampler_infotext.clone(),
         };
         let encode_started = Instant::now();
         let images = output::encode_all(job, &labels, &out.images, &out.seeds)?;
