@@ -59,15 +59,55 @@ fn params(eta: Option<f64>, s_churn: f64, s_tmin: f64, s_tmax: f64, s_noise: f64
 /// (fixture case, A1111 sampler name, sigma list, request parameters, initial x factor)
 fn cases() -> Vec<(&'static str, &'static str, &'static str, SamplerParams)> {
     vec![
-        ("euler_churn", "Euler", "karras10", params(None, 2.0, 0.3, 5.0, 0.9)),
-        ("heun_churn", "Heun", "karras10", params(None, 1.0, 0.0, 0.0, 1.1)),
-        ("dpm2_churn", "DPM2", "karras10", params(None, 3.0, 0.5, 0.0, 1.0)),
+        (
+            "euler_churn",
+            "Euler",
+            "karras10",
+            params(None, 2.0, 0.3, 5.0, 0.9),
+        ),
+        (
+            "heun_churn",
+            "Heun",
+            "karras10",
+            params(None, 1.0, 0.0, 0.0, 1.1),
+        ),
+        (
+            "dpm2_churn",
+            "DPM2",
+            "karras10",
+            params(None, 3.0, 0.5, 0.0, 1.0),
+        ),
         // s_noise is not passed to Euler a (A1111), so 0.5 must not change it
-        ("euler_a_eta", "Euler a", "karras10", params(Some(0.5), 0.0, 0.0, 0.0, 0.5)),
-        ("dpmpp_2m_sde_eta", "DPM++ 2M SDE", "karras10", params(Some(0.6), 0.0, 0.0, 0.0, 0.8)),
-        ("dpmpp_sde_eta", "DPM++ SDE", "karras10", params(Some(0.4), 0.0, 0.0, 0.0, 1.2)),
-        ("dpmpp_3m_sde_eta", "DPM++ 3M SDE", "karras10", params(Some(0.3), 0.0, 0.0, 0.0, 0.7)),
-        ("ddim_eta", "DDIM", "timesteps8", params(Some(0.5), 0.0, 0.0, 0.0, 1.0)),
+        (
+            "euler_a_eta",
+            "Euler a",
+            "karras10",
+            params(Some(0.5), 0.0, 0.0, 0.0, 0.5),
+        ),
+        (
+            "dpmpp_2m_sde_eta",
+            "DPM++ 2M SDE",
+            "karras10",
+            params(Some(0.6), 0.0, 0.0, 0.0, 0.8),
+        ),
+        (
+            "dpmpp_sde_eta",
+            "DPM++ SDE",
+            "karras10",
+            params(Some(0.4), 0.0, 0.0, 0.0, 1.2),
+        ),
+        (
+            "dpmpp_3m_sde_eta",
+            "DPM++ 3M SDE",
+            "karras10",
+            params(Some(0.3), 0.0, 0.0, 0.0, 0.7),
+        ),
+        (
+            "ddim_eta",
+            "DDIM",
+            "timesteps8",
+            params(Some(0.5), 0.0, 0.0, 0.0, 1.0),
+        ),
         ("plms", "PLMS", "timesteps8", SamplerParams::default()),
     ]
 }
@@ -92,7 +132,10 @@ fn extra_parameters_match_k_diffusion_and_a1111_timestep_samplers() {
             .unwrap();
         let ours = f64s(&out)[0];
         let want = f64s(&t[&format!("{case}.final")])[0];
-        eprintln!("{case}: ours {ours} want {want} |Δ| {:e}", (ours - want).abs());
+        eprintln!(
+            "{case}: ours {ours} want {want} |Δ| {:e}",
+            (ours - want).abs()
+        );
         assert!((ours - want).abs() <= 1e-9, "{case}: {ours} vs {want}");
         if let Some(d) = t.get(&format!("{case}.draws")) {
             let draws = d.to_vec1::<i64>().unwrap()[0] as usize;

@@ -46,7 +46,11 @@ fn noise_matches_a1111_create_random_tensors() {
             seed_resize_from_w: meta[3] as u32,
             seed_resize_from_h: meta[4] as u32,
         };
-        let ours = v.noise(meta[0] as u64, meta[1] as u64, [4, meta[5] as usize, meta[6] as usize]);
+        let ours = v.noise(
+            meta[0] as u64,
+            meta[1] as u64,
+            [4, meta[5] as usize, meta[6] as usize],
+        );
         assert_eq!(ours.len(), want.len(), "{case}: size");
         let max = ours
             .iter()

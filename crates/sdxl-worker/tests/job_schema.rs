@@ -227,7 +227,8 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn unknown_fields_are_ignored_and_named_in_warnings() {
-    let j = ok(json!({"prompt": "p", "restore_faces": false, "do_not_save_grid": true, "styles": []}));
+    let j =
+        ok(json!({"prompt": "p", "restore_faces": false, "do_not_save_grid": true, "styles": []}));
     assert_eq!(
         j.warnings,
         vec!["ignored unknown field(s): do_not_save_grid, restore_faces, styles".to_string()]

@@ -36,7 +36,10 @@ fn defaults_change_nothing() {
     assert_eq!(j.request.n_iter, 1);
     assert_eq!(j.seeds(), [5, 6]);
     assert_eq!(j.request.variation.subseed_strength, 0.0);
-    assert!(j.request.variation.subseed <= u64::from(u32::MAX), "random subseed");
+    assert!(
+        j.request.variation.subseed <= u64::from(u32::MAX),
+        "random subseed"
+    );
     assert!(j.warnings.is_empty(), "{:?}", j.warnings);
     let text = info(&j, 1);
     assert!(!text.contains("Variation") && !text.contains("Eta") && !text.contains("Sigma"));
@@ -58,7 +61,10 @@ fn n_iter_limits() {
     assert!(err(json!({"prompt": "p", "n_iter": 17})).contains("`n_iter` must be 1..=16"));
     assert!(err(json!({"prompt": "p", "n_iter": 1.5})).contains("`n_iter`"));
     let m = err(json!({"prompt": "p", "batch_size": 4, "n_iter": 5, "width": 256, "height": 256}));
-    assert!(m.contains("`batch_size` × `n_iter` must be at most 16"), "{m}");
+    assert!(
+        m.contains("`batch_size` × `n_iter` must be at most 16"),
+        "{m}"
+    );
     // the batch pixel budget counts every image of every batch (SPEC §12)
     let m = err(json!({"prompt": "p", "batch_size": 4, "n_iter": 3}));
     assert!(m.contains("12 images of 1024x1024"), "{m}");
@@ -97,7 +103,9 @@ fn random_subseed_is_resolved() {
 
 #[test]
 fn seed_resize_fields() {
-    let j = ok(json!({"prompt": "p", "seed_resize_from_w": 640, "seed_resize_from_h": 512, "loras": []}));
+    let j = ok(
+        json!({"prompt": "p", "seed_resize_from_w": 640, "seed_resize_from_h": 512, "loras": []}),
+    );
     assert!(info(&j, 0).contains("Model: Stub XL, Seed resize from: 640x512, Version"));
     // A1111's "off" values
     let j = ok(json!({"prompt": "p", "seed_resize_from_w": -1, "seed_resize_from_h": 0}));
@@ -130,20 +138,28 @@ fn eta_goes_where_a1111_passes_it() {
 
 #[test]
 fn eta_options_in_override_settings() {
-    let j = ok(json!({"prompt": "p", "sampler_name": "Euler a", "override_settings": {"eta_ancestral": 0.3, "eta_ddim": 0.6}}));
+    let j = ok(
+        json!({"prompt": "p", "sampler_name": "Euler a", "override_settings": {"eta_ancestral": 0.3, "eta_ddim": 0.6}}),
+    );
     assert!(j.warnings.is_empty(), "{:?}", j.warnings);
     assert!(info(&j, 0).contains("Eta: 0.3"));
-    let j = ok(json!({"prompt": "p", "sampler_name": "DDIM", "override_settings": {"eta_ancestral": 0.3, "eta_ddim": 0.6}}));
+    let j = ok(
+        json!({"prompt": "p", "sampler_name": "DDIM", "override_settings": {"eta_ancestral": 0.3, "eta_ddim": 0.6}}),
+    );
     assert!(info(&j, 0).contains("Eta DDIM: 0.6"));
     // the request's eta wins over the option (A1111: `p.eta if p.eta is not None else opts...`)
-    let j = ok(json!({"prompt": "p", "sampler_name": "DDIM", "eta": 0.1, "override_settings": {"eta_ddim": 0.6}}));
+    let j = ok(
+        json!({"prompt": "p", "sampler_name": "DDIM", "eta": 0.1, "override_settings": {"eta_ddim": 0.6}}),
+    );
     assert!(info(&j, 0).contains("Eta DDIM: 0.1"));
     assert!(err(json!({"prompt": "p", "override_settings": {"eta_ddim": 2}})).contains("eta_ddim"));
 }
 
 #[test]
 fn churn_and_s_noise_go_where_a1111_passes_them() {
-    let j = ok(json!({"prompt": "p", "sampler_name": "Euler", "s_churn": 1, "s_tmin": 0.5, "s_tmax": 10, "s_noise": 0.9}));
+    let j = ok(
+        json!({"prompt": "p", "sampler_name": "Euler", "s_churn": 1, "s_tmin": 0.5, "s_tmax": 10, "s_noise": 0.9}),
+    );
     let text = info(&j, 0);
     assert!(
         text.contains("Sigma churn: 1, Sigma tmin: 0.5, Sigma tmax: 10, Sigma noise: 0.9, Version"),
@@ -153,12 +169,18 @@ fn churn_and_s_noise_go_where_a1111_passes_them() {
     let j = ok(json!({"prompt": "p", "sampler_name": "Euler a", "s_noise": 0.9, "s_churn": 1}));
     assert!(!info(&j, 0).contains("Sigma"), "{}", info(&j, 0));
     // SDE samplers take s_noise; the option wins over the request when it is not 1 (A1111)
-    let j = ok(json!({"prompt": "p", "sampler_name": "DPM++ 2M SDE", "s_noise": 0.9, "override_settings": {"s_noise": 0.8}}));
+    let j = ok(
+        json!({"prompt": "p", "sampler_name": "DPM++ 2M SDE", "s_noise": 0.9, "override_settings": {"s_noise": 0.8}}),
+    );
     assert!(info(&j, 0).contains("Sigma noise: 0.8"), "{}", info(&j, 0));
-    let j = ok(json!({"prompt": "p", "sampler_name": "DPM++ 2M SDE", "s_noise": 0.9, "override_settings": {"s_noise": 1}}));
+    let j = ok(
+        json!({"prompt": "p", "sampler_name": "DPM++ 2M SDE", "s_noise": 0.9, "override_settings": {"s_noise": 1}}),
+    );
     assert!(info(&j, 0).contains("Sigma noise: 0.9"));
     // A1111 clients send these defaults; s_tmax 0 means infinity
-    let j = ok(json!({"prompt": "p", "sampler_name": "Euler", "s_churn": 0, "s_tmin": 0, "s_tmax": 0, "s_noise": 1, "eta": null}));
+    let j = ok(
+        json!({"prompt": "p", "sampler_name": "Euler", "s_churn": 0, "s_tmin": 0, "s_tmax": 0, "s_noise": 1, "eta": null}),
+    );
     assert!(!info(&j, 0).contains("Sigma"));
     assert!(err(json!({"prompt": "p", "s_churn": -1})).contains("s_churn"));
     assert!(err(json!({"prompt": "p", "s_noise": "1"})).contains("s_noise"));

@@ -130,7 +130,10 @@ fn slerp(val: f64, low: &[f32], high: &[f32], shape: [usize; 3]) -> Vec<f32> {
         for xi in 0..w {
             let (mut nl, mut nh) = (0f64, 0f64);
             for y in 0..h {
-                let (l, hv) = (f64::from(low[at(ci, y, xi)]), f64::from(high[at(ci, y, xi)]));
+                let (l, hv) = (
+                    f64::from(low[at(ci, y, xi)]),
+                    f64::from(high[at(ci, y, xi)]),
+                );
                 nl += l * l;
                 nh += hv * hv;
             }
