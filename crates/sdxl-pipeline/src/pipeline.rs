@@ -275,8 +275,8 @@ impl SdxlModel {
     }
 
     /// Renders `req.batch_size × req.n_iter` images (A1111's batches run one image at a time
-    /// here, so `n_iter` batches are the same images as one batch of that size). `on_step` is called after every denoising step;
-    /// `cancel` is checked between steps and ends the render with [`PipelineError::Cancelled`].
+    /// here, so `n_iter` batches are the same images as one batch of that size). `on_step` is
+    /// called after every denoising step; `cancel` is checked between steps and ends the render with [`PipelineError::Cancelled`].
     pub fn txt2img(
         &self,
         req: &Txt2ImgRequest,
