@@ -16,6 +16,9 @@ use candle_core::{Device, Tensor};
 use crate::sampling::NoiseSource;
 use crate::Result;
 
+mod variation;
+pub use variation::VariationSeed;
+
 const MT_N: usize = 624;
 const MT_M: usize = 397;
 

@@ -174,6 +174,9 @@ pub struct Infotext {
     pub width: u32,
     pub height: u32,
     pub model: Option<String>,
+    /// `Variation seed`, `Variation seed strength`, `Seed resize from` (A1111 writes them after
+    /// `Model` and before `Clip skip`).
+    pub variation: Vec<(String, String)>,
     pub clip_skip: Option<u32>,
     /// Further `key: value` pairs, appended before `Version`.
     pub extra: Vec<(String, String)>,
@@ -201,6 +204,7 @@ impl Infotext {
         if let Some(m) = &self.model {
             fields.push(("Model".into(), m.clone()));
         }
+        fields.extend(self.variation.iter().cloned());
         if let Some(c) = self.clip_skip {
             fields.push(("Clip skip".into(), c.to_string()));
         }

@@ -11,10 +11,10 @@ use crate::checkpoint::{Checkpoint, Component};
 use crate::embedding::TextualInversion;
 use crate::interrupt::{CondDenoiser, Flow, RenderControl, Watched};
 use crate::lora::{LiveWeights, LoraSet, SwitchOutcome};
-use crate::noise::{TorchGenerator, TorchNoiseSource};
+use crate::noise::{TorchNoiseSource, VariationSeed};
 use crate::output::RgbImage;
 use crate::prompt::{Emphasis, PromptEncoder, PromptMode, PromptOptions, ScheduledConditioning};
-use crate::sampling::{self, Denoiser, ModelSchedule, Prediction};
+use crate::sampling::{self, Denoiser, ModelSchedule, Prediction, SamplerParams};
 use crate::text_encoder::ClipTextEncoder;
 use crate::unet::{SdxlUNet, UNetConditioning};
 use crate::vae::{self, AutoencoderKl};
@@ -62,6 +62,14 @@ pub struct Txt2ImgRequest {
     pub prompt_mode: PromptMode,
     /// Emphasis mode of the prompt syntax (SPEC §5a).
     pub emphasis: Emphasis,
+    /// Number of batches (A1111 `n_iter`): `batch_size × n_iter` images in all.
+    pub n_iter: u32,
+    /// Variation seed and seed resize (A1111 `subseed`, ...; SPEC §3).
+    #[serde(flatten)]
+    pub variation: VariationSeed,
+    /// `eta`, `s_churn`, `s_tmin`, `s_tmax`, `s_noise` and the eta options (SPEC §3).
+    #[serde(flatten)]
+    pub sampler_params: SamplerParams,
 }
 
 impl Default for Txt2ImgRequest {
@@ -80,6 +88,9 @@ impl Default for Txt2ImgRequest {
             clip_skip: DEFAULT_CLIP_SKIP,
             prompt_mode: PromptMode::Blend,
             emphasis: Emphasis::Original,
+            n_iter: 1,
+            variation: VariationSeed::default(),
+            sampler_params: SamplerParams::default(),
         }
     }
 }
@@ -111,8 +122,13 @@ pub struct Timings {
 pub struct Txt2ImgOutput {
     /// One RGB image per batch entry.
     pub images: Vec<RgbImage>,
-    /// The seed of each image (`seed + i`).
+    /// The seed of each image (A1111 `all_seeds`: `seed + i`, or `seed` for every image with a
+    /// variation strength).
     pub seeds: Vec<u64>,
+    /// The variation seed of each image (`subseed + i`).
+    pub subseeds: Vec<u64>,
+    /// Infotext pairs of the sampler parameters (`Eta`, `Sigma churn`, ...; A1111 order).
+    pub sampler_infotext: Vec<(String, String)>,
     /// Sampler name for the infotext, e.g. `DPM++ 2M`.
     pub sampler: String,
     /// Schedule type for the infotext, e.g. `Karras`.
@@ -262,10 +278,11 @@ impl SdxlModel {
         &self.options
     }
 
-    /// Renders `req.batch_size` images. `on_step` is called after every denoising step;
-    /// `control.cancel` (or a bare `&AtomicBool`) is checked between steps and ends the render
-    /// with [`PipelineError::Cancelled`]; `control.interrupt` / `control.skip` end it early with
-    /// what A1111 returns then ([`crate::interrupt`]).
+    /// Renders `req.batch_size × req.n_iter` images (A1111's batches run one image at a time
+    /// here, so `n_iter` batches are the same images as one batch of that size). `on_step` is
+    /// called after every denoising step; `control.cancel` (or a bare `&AtomicBool`) is checked
+    /// between steps and ends the render with [`PipelineError::Cancelled`]; `control.interrupt` /
+    /// `control.skip` end it early with what A1111 returns then ([`crate::interrupt`]).
     pub fn txt2img<'c>(
         &self,
         req: &Txt2ImgRequest,
@@ -275,7 +292,11 @@ impl SdxlModel {
         let control = control.into();
         let cancel: &AtomicBool = control.cancel;
         check_request(req)?;
-        let choice = sampling::resolve_sampler(&req.sampler_name, req.scheduler.as_deref())?;
+        let choice = sampling::resolve_sampler_with(
+            &req.sampler_name,
+            req.scheduler.as_deref(),
+            &req.sampler_params,
+        )?;
         let sigmas = sampling::sigmas_for(&choice, &self.schedule, req.steps as usize)?;
         let sigma0 = *sigmas
             .first()
@@ -298,13 +319,13 @@ impl SdxlModel {
         let encode_ms = synced_ms_since(device, started)?;
 
         let shape = [1, 4, (req.height / 8) as usize, (req.width / 8) as usize];
-        let mut images = Vec::with_capacity(req.batch_size as usize);
-        let mut seeds = Vec::with_capacity(req.batch_size as usize);
+        let count = req.batch_size * req.n_iter;
+        let image_seeds = req.variation.image_seeds(req.seed, count);
+        let mut images = Vec::with_capacity(count as usize);
         let (mut denoise_ms, mut decode_ms) = (0.0, 0.0);
-        for i in 0..req.batch_size {
-            let seed = req.seed.wrapping_add(u64::from(i));
+        for (i, &(seed, subseed)) in (0..count).zip(&image_seeds) {
             let t0 = Instant::now();
-            let noise = TorchGenerator::new(seed).randn_tensor(&shape, &self.options.device)?;
+            let noise = req.variation.noise_tensor(seed, subseed, &shape, device)?;
             let x = noise.affine(choice.init_noise.factor(sigma0), 0.0)?;
             let mut noise_source = TorchNoiseSource::new(seed, &shape, &self.options.device);
             denoiser.restart();
@@ -315,7 +336,7 @@ impl SdxlModel {
                 on_step(StepProgress {
                     image: i,
                     done: i * n + k as u32 + 1,
-                    total: n * req.batch_size,
+                    total: n * count,
                 });
                 if cancel.load(Ordering::Relaxed) {
                     return Err(PipelineError::Cancelled);
@@ -335,14 +356,16 @@ impl SdxlModel {
             let t1 = Instant::now();
             images.push(self.decode(&latents)?);
             decode_ms += synced_ms_since(device, t1)?;
-            seeds.push(seed);
             if flow == Flow::Stop {
                 break;
             }
         }
         Ok(Txt2ImgOutput {
+            // An interrupt may stop the batch early: seeds of the images made only.
+            seeds: image_seeds.iter().take(images.len()).map(|s| s.0).collect(),
+            subseeds: image_seeds.iter().take(images.len()).map(|s| s.1).collect(),
             images,
-            seeds,
+            sampler_infotext: choice.extra_infotext.clone(),
             sampler: choice.infotext_sampler.clone(),
             schedule_type: choice.infotext_schedule.clone(),
             warnings: denoiser.conds.warnings.clone(),
@@ -403,6 +426,9 @@ fn check_request(req: &Txt2ImgRequest) -> Result<()> {
     }
     if req.batch_size == 0 {
         problems.push("batch_size must be at least 1".to_string());
+    }
+    if req.n_iter == 0 {
+        problems.push("n_iter must be at least 1".to_string());
     }
     for (name, v) in [("width", req.width), ("height", req.height)] {
         if v < 8 || v % 8 != 0 {

@@ -68,10 +68,10 @@ fn run_toy(sampler: &dyn Sampler, sigmas: &[f64]) -> f64 {
 
 fn samplers() -> Vec<(&'static str, Box<dyn Sampler>)> {
     vec![
-        ("euler", Box::new(Euler)),
+        ("euler", Box::new(Euler::default())),
         ("euler_a", Box::new(EulerAncestral::default())),
-        ("heun", Box::new(Heun)),
-        ("dpm2", Box::new(Dpm2)),
+        ("heun", Box::new(Heun::default())),
+        ("dpm2", Box::new(Dpm2::default())),
         ("lms", Box::new(Lms::default())),
         ("dpmpp_2m", Box::new(DpmPp2M)),
         ("dpmpp_2m_sde", Box::new(DpmPp2MSde::default())),
@@ -108,9 +108,9 @@ fn toy_model_matches_research_known_answers() {
     let kar20 = s.sigma_list(ScheduleKind::Karras, 20, false).unwrap();
     let uni10 = s.sigma_list(ScheduleKind::Uniform, 10, false).unwrap();
     let cases: [(&str, &dyn Sampler, &[f64], f64); 7] = [
-        ("Euler uniform 20", &Euler, &uni20, 0.929123228),
-        ("Euler Karras 20", &Euler, &kar20, 0.920723446),
-        ("Heun uniform 10", &Heun, &uni10, 1.023422810),
+        ("Euler uniform 20", &Euler::default(), &uni20, 0.929123228),
+        ("Euler Karras 20", &Euler::default(), &kar20, 0.920723446),
+        ("Heun uniform 10", &Heun::default(), &uni10, 1.023422810),
         ("DPM++ 2M uniform 20", &DpmPp2M, &uni20, 1.057144703),
         ("DPM++ 2M Karras 20", &DpmPp2M, &kar20, 1.009599591),
         (
@@ -258,7 +258,7 @@ fn replay_matches_a1111_ddim() {
     let x0 = noise
         .affine(InitNoise::VpUnit.factor(sigmas[0]), 0.0)
         .unwrap();
-    let out = Ddim
+    let out = Ddim::default()
         .sample(&mut model, x0, &sigmas, &mut NoNoise, &mut no_op)
         .unwrap();
     assert_eq!(model.k, sigmas.len() - 1);
@@ -278,7 +278,7 @@ fn on_step_can_cancel() {
     let sigmas = [14.6, 5.0, 1.0, 0.0];
     let x = Tensor::new(&[1.0f64], &Device::Cpu).unwrap();
     let mut calls = 0;
-    let r = Euler.sample(&mut Toy, x, &sigmas, &mut NoNoise, &mut |i, _| {
+    let r = Euler::default().sample(&mut Toy, x, &sigmas, &mut NoNoise, &mut |i, _| {
         calls += 1;
         if i == 1 {
             Err(PipelineError::Cancelled)

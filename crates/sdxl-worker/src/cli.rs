@@ -133,6 +133,46 @@ pub struct JobFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
+    /// Number of batches (A1111 n_iter): batch_size × n_iter images, image j uses seed + j.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_iter: Option<u32>,
+    /// A1111 variation seed (-1 ⇒ random); image j uses subseed + j.
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subseed: Option<i64>,
+    /// Variation strength 0..=1 (0 ⇒ off; otherwise every image keeps the seed).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subseed_strength: Option<f64>,
+    /// Reproduce the noise of this width (A1111 "resize seed from width"; 0 ⇒ off).
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_resize_from_w: Option<i64>,
+    /// Reproduce the noise of this height (A1111 "resize seed from height"; 0 ⇒ off).
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_resize_from_h: Option<i64>,
+    /// Sampler eta (default: 1 for ancestral/SDE samplers, 0 for DDIM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta: Option<f64>,
+    /// Noise multiplier s_noise (Euler/Heun/DPM2 churn, SDE samplers; default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s_noise: Option<f64>,
+    /// Churn s_churn of Euler/Heun/DPM2 (default 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s_churn: Option<f64>,
+    /// Lowest sigma that gets churn (default 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s_tmin: Option<f64>,
+    /// Highest sigma that gets churn (default 0 = infinity).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s_tmax: Option<f64>,
     /// CLIP skip (1 and 2 = SDXL default).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

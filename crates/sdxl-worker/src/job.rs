@@ -9,6 +9,7 @@ use sdxl_pipeline::prompt::{Emphasis, PromptMode};
 use serde_json::{json, Map, Value};
 
 pub mod refusals;
+mod seeds;
 
 /// Largest allowed seed (2^53 − 1, exact in a JSON double).
 pub const MAX_SEED: i64 = (1 << 53) - 1;
@@ -44,6 +45,16 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "quality",
     "override_settings",
     "upload",
+    "n_iter",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "eta",
+    "s_noise",
+    "s_churn",
+    "s_tmin",
+    "s_tmax",
 ];
 
 /// A1111 `override_settings` keys the worker honours, and the job field each one stands for
@@ -52,6 +63,10 @@ pub const HONOURED_OVERRIDES: &[(&str, &str)] = &[
     ("sd_model_checkpoint", "checkpoint"),
     ("CLIP_stop_at_last_layers", "clip_skip"),
     ("emphasis", "emphasis"),
+    // A1111 options read by the sampler (see `seeds::sampler_params`), not aliases.
+    ("eta_ancestral", "eta"),
+    ("eta_ddim", "eta"),
+    ("s_noise", "s_noise"),
 ];
 
 /// A job that passed validation: what the pipeline needs plus the worker-level choices.
@@ -78,11 +93,25 @@ pub struct ValidatedJob {
 }
 
 impl ValidatedJob {
-    /// The seeds of the batch: image i uses `seed + i`.
+    /// The seeds of every image (A1111 `all_seeds`): image i uses `seed + i`, or `seed` when a
+    /// variation strength is set.
     pub fn seeds(&self) -> Vec<u64> {
-        (0..u64::from(self.request.batch_size))
-            .map(|i| self.request.seed.saturating_add(i))
-            .collect()
+        self.image_seeds().into_iter().map(|s| s.0).collect()
+    }
+
+    /// The variation seeds of every image (A1111 `all_subseeds`: `subseed + i`).
+    pub fn subseeds(&self) -> Vec<u64> {
+        self.image_seeds().into_iter().map(|s| s.1).collect()
+    }
+
+    /// Number of images the job renders (`batch_size × n_iter`).
+    pub fn image_count(&self) -> u32 {
+        self.request.batch_size * self.request.n_iter
+    }
+
+    fn image_seeds(&self) -> Vec<(u64, u64)> {
+        let r = &self.request;
+        r.variation.image_seeds(r.seed, self.image_count())
     }
 
     /// Every effective parameter (SPEC §4 `parameters`): the pipeline request's fields under
@@ -148,6 +177,7 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     let scheduler = c.scheduler(catalog);
     let seed = c.int(&["seed"], -1, MAX_SEED);
     let batch_size = c.int(&["batch_size", "num_images"], 1, 8);
+    let seeds = seeds::read(&mut c, batch_size);
     let clip_skip = c.int(
         &["clip_skip", "override_settings.CLIP_stop_at_last_layers"],
         1,
@@ -170,7 +200,9 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     let output_format = c.output_format();
     let upload = c.upload(catalog);
 
-    c.pixel_budgets(&catalog.budgets, width, height, batch_size);
+    if let Some(images) = seeds.image_count(&c, batch_size) {
+        c.pixel_budgets(&catalog.budgets, width, height, Some(images));
+    }
     // Fields that would change the image but are not implemented (SPEC §3): one table.
     c.problems.extend(refusals::problems(obj));
 
@@ -230,6 +262,9 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
         clip_skip: clip_skip.map_or(defaults.clip_skip, to_u32),
         prompt_mode: prompt_mode.unwrap_or(defaults.prompt_mode),
         emphasis: emphasis.unwrap_or(defaults.emphasis),
+        n_iter: seeds.n_iter.map_or(defaults.n_iter, to_u32),
+        variation: seeds.variation(),
+        sampler_params: seeds.sampler_params,
     };
     Ok(ValidatedJob {
         request,

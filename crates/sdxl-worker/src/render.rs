@@ -119,7 +119,7 @@ fn render_and_write(
     out: &Path,
     uploader: Option<&BlockingUploader>,
 ) -> anyhow::Result<()> {
-    let total = u64::from(job.request.steps) * u64::from(job.request.batch_size);
+    let total = u64::from(job.request.steps) * u64::from(job.image_count());
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {elapsed_precise} (eta {eta})")

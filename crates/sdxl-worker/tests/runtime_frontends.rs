@@ -86,6 +86,8 @@ const A1111_SAMPLER_NAMES: &[(&str, &str)] = &[
     ("k_dpm_2", "DPM2"),
     ("DDIM", "DDIM"),
     ("ddim", "DDIM"),
+    ("PLMS", "PLMS"),
+    ("plms", "PLMS"),
     ("UniPC", "UniPC"),
     ("unipc", "UniPC"),
 ];

@@ -18,16 +18,19 @@ pub mod dpmpp_3m_sde;
 pub mod dpmpp_sde;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod extra_params;
 pub mod heun;
 pub mod lms;
 pub mod names;
+pub mod plms;
 pub mod prediction;
 pub mod schedule;
 pub mod unipc;
 
+pub use extra_params::SamplerParams;
 pub use names::{
-    resolve_sampler, sampler_names, scheduler_names, sigmas_for, InitNoise, SamplerChoice,
-    SamplerInfo,
+    resolve_sampler, resolve_sampler_with, sampler_names, scheduler_names, sigmas_for, InitNoise,
+    SamplerChoice, SamplerInfo,
 };
 pub use prediction::{c_in, denoised_from_output, Prediction};
 pub use schedule::{ModelSchedule, ScheduleKind};
@@ -98,6 +101,29 @@ pub(crate) fn step_count(sigmas: &[f64]) -> usize {
 pub(crate) fn add_noise(x: &Tensor, noise: &mut dyn NoiseSource, scale: f64) -> Result<Tensor> {
     let n = noise.next_noise()?.to_dtype(x.dtype())?;
     add_scaled(x, scale, &n)
+}
+
+/// k-diffusion's churn at the start of an Euler/Heun/DPM2 step: draws ε (every step while churn
+/// is on, as k-diffusion does), and for γ > 0 moves x to σ̂ = σ·(1+γ) with ε·s_noise·√(σ̂²−σ²).
+/// Returns the latent and σ̂.
+pub(crate) fn churn_step(
+    churn: &extra_params::Churn,
+    x: Tensor,
+    sigma: f64,
+    len: usize,
+    noise: &mut dyn NoiseSource,
+) -> Result<(Tensor, f64)> {
+    if !churn.active() {
+        return Ok((x, sigma));
+    }
+    let eps = noise.next_noise()?.to_dtype(x.dtype())?;
+    let gamma = churn.gamma(sigma, len);
+    if gamma > 0.0 {
+        let s_hat = sigma * (gamma + 1.0);
+        let scale = churn.s_noise * (s_hat * s_hat - sigma * sigma).sqrt();
+        return Ok((add_scaled(&x, scale, &eps)?, s_hat));
+    }
+    Ok((x, sigma))
 }
 
 /// A [`NoiseSource`] for deterministic samplers: any draw is a bug, reported as an error.

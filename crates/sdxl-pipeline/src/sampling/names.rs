@@ -11,8 +11,10 @@ use super::dpmpp_3m_sde::DpmPp3MSde;
 use super::dpmpp_sde::DpmPpSde;
 use super::euler::Euler;
 use super::euler_ancestral::EulerAncestral;
+use super::extra_params::{SamplerParams, Takes};
 use super::heun::Heun;
 use super::lms::Lms;
+use super::plms::Plms;
 use super::schedule::{ModelSchedule, ScheduleKind};
 use super::unipc::UniPc;
 use super::Sampler;
@@ -55,6 +57,9 @@ pub struct SamplerChoice {
     pub init_noise: InitNoise,
     /// A1111 `second_order`: prompt schedules are built on twice the steps (SPEC §5a).
     pub second_order: bool,
+    /// Infotext pairs of the sampler parameters A1111 writes when they are not the default
+    /// (`Eta`, `Eta DDIM`, `Sigma churn`, `Sigma tmin`, `Sigma tmax`, `Sigma noise`).
+    pub extra_infotext: Vec<(String, String)>,
 }
 
 /// What `GET /sdapi/v1/samplers` lists for one sampler.
@@ -92,6 +97,7 @@ enum Kind {
     DpmPp2MSdeHeun,
     DpmPp3MSde,
     Ddim,
+    Plms,
     UniPc,
 }
 
@@ -200,6 +206,15 @@ const SAMPLERS: &[Row] = &[
         name: "DDIM",
         aliases: &["ddim"],
         kind: Kind::Ddim,
+        default_schedule: Sched::Automatic,
+        discard: false,
+        noise: false,
+        second_order: false,
+    },
+    Row {
+        name: "PLMS",
+        aliases: &["plms"],
+        kind: Kind::Plms,
         default_schedule: Sched::Automatic,
         discard: false,
         noise: false,
@@ -322,24 +337,58 @@ fn split_legacy(name: &str) -> (String, Option<Sched>) {
     (trimmed.to_string(), None)
 }
 
-fn build(kind: Kind) -> Box<dyn Sampler> {
+/// Which A1111 extra parameters a sampler function receives (see [`super::extra_params`]).
+fn takes(kind: Kind) -> Takes {
     match kind {
-        Kind::Euler => Box::new(Euler),
-        Kind::EulerA => Box::new(EulerAncestral::default()),
+        Kind::Euler | Kind::Heun | Kind::Dpm2 => Takes::Churn,
+        Kind::EulerA => Takes::EtaOnly,
+        Kind::DpmPpSde | Kind::DpmPp2MSde | Kind::DpmPp2MSdeHeun | Kind::DpmPp3MSde => {
+            Takes::EtaNoise
+        }
+        Kind::Ddim => Takes::EtaDdim,
+        Kind::Lms | Kind::DpmPp2M | Kind::Plms | Kind::UniPc => Takes::Nothing,
+    }
+}
+
+/// The sampler with the parameters it receives, and their infotext pairs.
+fn build(kind: Kind, params: &SamplerParams) -> (Box<dyn Sampler>, Vec<(String, String)>) {
+    let p = params.effective(takes(kind));
+    let (eta, s_noise, churn) = (p.eta, p.s_noise, p.churn);
+    let sampler: Box<dyn Sampler> = match kind {
+        Kind::Euler => Box::new(Euler { churn }),
+        Kind::EulerA => Box::new(EulerAncestral { eta }),
         Kind::Lms => Box::new(Lms::default()),
-        Kind::Heun => Box::new(Heun),
-        Kind::Dpm2 => Box::new(Dpm2),
+        Kind::Heun => Box::new(Heun { churn }),
+        Kind::Dpm2 => Box::new(Dpm2 { churn }),
         Kind::DpmPp2M => Box::new(DpmPp2M),
-        Kind::DpmPpSde => Box::new(DpmPpSde::default()),
-        Kind::DpmPp2MSde => Box::new(DpmPp2MSde::default()),
-        Kind::DpmPp2MSdeHeun => Box::new(DpmPp2MSde {
-            solver: SolverType::Heun,
+        Kind::DpmPpSde => Box::new(DpmPpSde {
+            eta,
+            s_noise,
+            ..DpmPpSde::default()
+        }),
+        Kind::DpmPp2MSde => Box::new(DpmPp2MSde {
+            eta,
+            s_noise,
             ..DpmPp2MSde::default()
         }),
-        Kind::DpmPp3MSde => Box::new(DpmPp3MSde::default()),
-        Kind::Ddim => Box::new(Ddim),
+        Kind::DpmPp2MSdeHeun => Box::new(DpmPp2MSde {
+            eta,
+            s_noise,
+            solver: SolverType::Heun,
+        }),
+        Kind::DpmPp3MSde => Box::new(DpmPp3MSde { eta, s_noise }),
+        Kind::Ddim => Box::new(Ddim { eta }),
+        Kind::Plms => Box::new(Plms),
         Kind::UniPc => Box::new(UniPc::default()),
-    }
+    };
+    (sampler, p.infotext)
+}
+
+/// Whether the sampler draws from its `NoiseSource` with these parameters (ancestral/SDE
+/// samplers with η > 0, churn, DDIM with η > 0).
+fn draws_noise(kind: Kind, row_noise: bool, params: &SamplerParams) -> bool {
+    let p = params.effective(takes(kind));
+    row_noise || p.churn.active() || (kind == Kind::Ddim && p.eta != 0.0)
 }
 
 fn schedule_kind(s: Sched) -> ScheduleKind {
@@ -367,10 +416,11 @@ fn valid_scheduler_list() -> String {
         .join(", ")
 }
 
-/// The fixed schedule of A1111's timestep samplers (DDIM, UniPC), which ignore the scheduler.
+/// The fixed schedule of A1111's timestep samplers (DDIM, PLMS, UniPC), which ignore the
+/// scheduler.
 fn timestep_schedule(kind: Kind) -> Option<ScheduleKind> {
     match kind {
-        Kind::Ddim => Some(ScheduleKind::Timesteps),
+        Kind::Ddim | Kind::Plms => Some(ScheduleKind::Timesteps),
         Kind::UniPc => Some(ScheduleKind::UniPcTimeUniform),
         _ => None,
     }
@@ -378,8 +428,19 @@ fn timestep_schedule(kind: Kind) -> Option<ScheduleKind> {
 
 /// Resolves an A1111 sampler name (legacy "X Karras" form or bare) and an optional scheduler
 /// (`karras`, `exponential`, `normal`, `uniform`, `sgm_uniform`, `automatic`; case-insensitive).
-/// DDIM and UniPC ignore the scheduler, as in A1111.
+/// DDIM, PLMS and UniPC ignore the scheduler, as in A1111. The sampler gets A1111's default
+/// extra parameters ([`resolve_sampler_with`] takes a request's).
 pub fn resolve_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerChoice> {
+    resolve_sampler_with(name, scheduler, &SamplerParams::default())
+}
+
+/// [`resolve_sampler`] with the request's `eta`/`s_*` parameters, passed where A1111 1.10 passes
+/// them (see [`super::extra_params`]).
+pub fn resolve_sampler_with(
+    name: &str,
+    scheduler: Option<&str>,
+    params: &SamplerParams,
+) -> Result<SamplerChoice> {
     let explicit = match scheduler.map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(find_scheduler(s).ok_or_else(|| {
@@ -410,16 +471,19 @@ pub fn resolve_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerCho
         (None, Some(s)) => s,
         (None, None) => Sched::Automatic,
     };
+    let (sampler, extra_infotext) = build(row.kind, params);
+    let uses_noise = draws_noise(row.kind, row.noise, params);
     if let Some(schedule) = timestep_schedule(row.kind) {
         return Ok(SamplerChoice {
-            sampler: build(row.kind),
+            sampler,
             schedule,
             discard_next_to_last_sigma: false,
-            uses_noise: false,
+            uses_noise,
             infotext_sampler: row.name.to_string(),
             infotext_schedule: sched_row(Sched::Automatic).label.to_string(),
             init_noise: InitNoise::VpUnit,
             second_order: row.second_order,
+            extra_infotext,
         });
     }
     let effective = if requested == Sched::Automatic {
@@ -428,14 +492,15 @@ pub fn resolve_sampler(name: &str, scheduler: Option<&str>) -> Result<SamplerCho
         requested
     };
     Ok(SamplerChoice {
-        sampler: build(row.kind),
+        sampler,
         schedule: schedule_kind(effective),
         discard_next_to_last_sigma: row.discard,
-        uses_noise: row.noise,
+        uses_noise,
         infotext_sampler: row.name.to_string(),
         infotext_schedule: sched_row(effective).label.to_string(),
         init_noise: InitNoise::SigmaMax,
         second_order: row.second_order,
+        extra_infotext,
     })
 }
 

@@ -107,9 +107,9 @@ pub fn a1111_reply(job: &ValidatedJob, out: &JobOutput) -> Value {
         "all_negative_prompts": vec![negative.clone(); seeds.len()],
         "seed": r.seed,
         "all_seeds": seeds,
-        "subseed": -1,
-        "all_subseeds": vec![-1; seeds.len()],
-        "subseed_strength": 0,
+        "subseed": r.variation.subseed,
+        "all_subseeds": job.subseeds(),
+        "subseed_strength": r.variation.subseed_strength,
         "width": r.width,
         "height": r.height,
         "sampler_name": crate::runtime::SamplerLabels::of(job)
@@ -123,8 +123,8 @@ pub fn a1111_reply(job: &ValidatedJob, out: &JobOutput) -> Value {
         "sd_model_hash": null,
         "sd_vae_name": null,
         "sd_vae_hash": null,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": resize_or_off(r.variation.seed_resize_from_w),
+        "seed_resize_from_h": resize_or_off(r.variation.seed_resize_from_h),
         "denoising_strength": 0,
         "extra_generation_params": {},
         "index_of_first_image": 0,
@@ -142,6 +142,15 @@ pub fn a1111_reply(job: &ValidatedJob, out: &JobOutput) -> Value {
         "parameters": out.parameters,
         "info": info.to_string(),
     })
+}
+
+/// A1111 reports an unset `seed_resize_from_w/h` as -1.
+fn resize_or_off(v: u32) -> i64 {
+    if v == 0 {
+        -1
+    } else {
+        i64::from(v)
+    }
 }
 
 /// `GET /sdapi/v1/sd-models`.

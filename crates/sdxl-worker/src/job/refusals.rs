@@ -10,23 +10,15 @@
 
 use serde_json::{Map, Value};
 
-/// What a refusal predicate sees: the whole `input` object and the sampler it resolves to.
+/// What a refusal predicate sees: the whole `input` object.
 pub struct Context<'a> {
     obj: &'a Map<String, Value>,
-    sampler: Option<sdxl_pipeline::sampling::SamplerChoice>,
 }
 
 impl<'a> Context<'a> {
-    /// The context of one job input (the sampler is resolved as the pipeline will resolve it;
-    /// `None` when its name is invalid, which the validator reports on its own).
+    /// The context of one job input.
     pub fn new(obj: &'a Map<String, Value>) -> Self {
-        let name = ["sampler_name", "sampler"]
-            .iter()
-            .find_map(|k| obj.get(*k).and_then(Value::as_str))
-            .unwrap_or(sdxl_pipeline::pipeline::DEFAULT_SAMPLER);
-        let scheduler = obj.get("scheduler").and_then(Value::as_str);
-        let sampler = sdxl_pipeline::sampling::resolve_sampler(name, scheduler).ok();
-        Self { obj, sampler }
+        Self { obj }
     }
 
     /// A field (`override_settings.<key>` reads inside `override_settings`); `null` is absent.
@@ -44,21 +36,6 @@ impl<'a> Context<'a> {
         match self.get(field) {
             None => true,
             Some(v) => inert.iter().any(|i| same(v, i)),
-        }
-    }
-
-    /// The infotext name of the resolved sampler (`DPM++ 2M`, `Euler a`, `DDIM`).
-    fn sampler_name(&self) -> Option<&str> {
-        self.sampler.as_ref().map(|s| s.infotext_sampler.as_str())
-    }
-
-    /// The value of `eta` A1111 uses for this sampler when the request sets none, or `None`
-    /// when the sampler takes no eta: 1 for ancestral/SDE samplers, 0 for DDIM.
-    fn eta_default(&self) -> Option<f64> {
-        match &self.sampler {
-            Some(s) if s.uses_noise => Some(1.0),
-            Some(s) if s.infotext_sampler == "DDIM" => Some(0.0),
-            _ => None,
         }
     }
 }
@@ -96,67 +73,11 @@ fn by_parent(_: &Context<'_>) -> bool {
     true
 }
 
-fn no_subseed(c: &Context<'_>) -> bool {
-    c.is_inert("subseed_strength", &[serde_json::json!(0)])
-}
-
 fn no_refiner(c: &Context<'_>) -> bool {
     c.is_inert(
         "refiner_checkpoint",
         &[serde_json::json!(""), serde_json::json!("None")],
     )
-}
-
-/// `seed_resize_from_w/h` change the noise only when both are > 0 and differ from the image
-/// size in latent units (A1111 `create_random_tensors`).
-fn no_seed_resize(c: &Context<'_>) -> bool {
-    let read = |k: &str| c.get(k).and_then(Value::as_f64);
-    let (Some(w), Some(h)) = (read("seed_resize_from_w"), read("seed_resize_from_h")) else {
-        return true;
-    };
-    if w <= 0.0 || h <= 0.0 {
-        return true;
-    }
-    let d = f64::from(sdxl_pipeline::pipeline::DEFAULT_SIZE);
-    let width = read("width").unwrap_or(d);
-    let height = read("height").unwrap_or(d);
-    (w / 8.0).floor() == (width / 8.0).floor() && (h / 8.0).floor() == (height / 8.0).floor()
-}
-
-/// `eta` (request) wins over the `eta_ancestral` / `eta_ddim` options; it matters only to a
-/// sampler that takes eta, and only when it differs from A1111's default for that sampler.
-fn eta_inert(c: &Context<'_>) -> bool {
-    match (c.get("eta").and_then(Value::as_f64), c.eta_default()) {
-        (Some(eta), Some(default)) => eta == default,
-        (None, _) => c.get("eta").is_none(),
-        (Some(_), None) => true,
-    }
-}
-
-fn eta_option_inert(c: &Context<'_>, key: &str, sampler_default: f64) -> bool {
-    let Some(v) = c.get(key) else { return true };
-    // `eta_default` is 1 exactly for the ancestral/SDE samplers and 0 exactly for DDIM.
-    if c.get("eta").is_some() || c.eta_default() != Some(sampler_default) {
-        return true;
-    }
-    v.as_f64() == Some(sampler_default)
-}
-
-/// Samplers that take `s_noise` in A1111 1.10 (`sampler_extra_params`, not Euler a; the churn
-/// samplers only with churn, refused on its own).
-fn takes_s_noise(c: &Context<'_>) -> bool {
-    matches!(
-        c.sampler_name(),
-        Some("DPM++ SDE" | "DPM++ 2M SDE" | "DPM++ 2M SDE Heun" | "DPM++ 3M SDE")
-    )
-}
-
-fn takes_churn(c: &Context<'_>) -> bool {
-    matches!(c.sampler_name(), Some("Euler" | "Heun" | "DPM2"))
-}
-
-fn no_churn(c: &Context<'_>) -> bool {
-    !takes_churn(c) || c.is_inert("s_churn", &[serde_json::json!(0)])
 }
 
 const HIRES: &str = "hires fix is not available on this worker yet";
@@ -203,75 +124,6 @@ pub const REFUSALS: &[Refusal] = &[
         field: "styles",
         inert: inert_values!("styles", [[]]),
         why: "this worker has no prompt styles (GET /sdapi/v1/prompt-styles lists none)",
-    },
-    Refusal {
-        field: "n_iter",
-        inert: inert_values!("n_iter", [1]),
-        why: "several batches per job (`n_iter` > 1) are not available on this worker yet",
-    },
-    Refusal {
-        field: "subseed_strength",
-        inert: no_subseed,
-        why: "variation seeds are not available on this worker yet",
-    },
-    Refusal {
-        field: "subseed",
-        inert: by_parent,
-        why: "variation seeds are not available on this worker yet",
-    },
-    Refusal {
-        field: "seed_resize_from_w",
-        inert: no_seed_resize,
-        why: "resizing the seed (`seed_resize_from_w/h`) is not available on this worker yet",
-    },
-    Refusal {
-        field: "seed_resize_from_h",
-        inert: by_parent,
-        why: "resizing the seed (`seed_resize_from_w/h`) is not available on this worker yet",
-    },
-    Refusal {
-        field: "eta",
-        inert: eta_inert,
-        why: "a non-default eta is not available on this worker yet (ancestral/SDE samplers use 1, DDIM 0)",
-    },
-    Refusal {
-        field: "override_settings.eta_ancestral",
-        inert: |c| eta_option_inert(c, "override_settings.eta_ancestral", 1.0),
-        why: "a non-default eta is not available on this worker yet",
-    },
-    Refusal {
-        field: "override_settings.eta_ddim",
-        inert: |c| eta_option_inert(c, "override_settings.eta_ddim", 0.0),
-        why: "a non-default eta is not available on this worker yet",
-    },
-    Refusal {
-        field: "s_churn",
-        inert: no_churn,
-        why: "`s_churn` is not available on this worker yet",
-    },
-    Refusal {
-        field: "s_tmin",
-        inert: by_parent,
-        why: "`s_churn` is not available on this worker yet",
-    },
-    Refusal {
-        field: "s_tmax",
-        inert: by_parent,
-        why: "`s_churn` is not available on this worker yet",
-    },
-    Refusal {
-        field: "s_noise",
-        inert: |c| !takes_s_noise(c) || c.is_inert("s_noise", &[serde_json::json!(1)]),
-        why: "`s_noise` other than 1 is not available on this worker yet",
-    },
-    Refusal {
-        field: "override_settings.s_noise",
-        inert: |c| {
-            c.get("s_noise").is_some()
-                || !takes_s_noise(c)
-                || c.is_inert("override_settings.s_noise", &[serde_json::json!(1)])
-        },
-        why: "`s_noise` other than 1 is not available on this worker yet",
     },
     Refusal {
         field: "s_min_uncond",

@@ -231,6 +231,7 @@ impl ModelRuntime {
         let labels = SamplerLabels {
             sampler: out.sampler.clone(),
             schedule: out.schedule_type.clone(),
+            extra: out.sampler_infotext.clone(),
         };
         let encode_started = Instant::now();
         let hashes = NetworkHashes {

@@ -15,17 +15,23 @@ pub struct SamplerLabels {
     pub sampler: String,
     /// Schedule type label.
     pub schedule: String,
+    /// The sampler parameters A1111 writes when not default (`Eta`, `Sigma churn`, ...).
+    pub extra: Vec<(String, String)>,
 }
 
 impl SamplerLabels {
     /// Resolves the labels of a job without a model (the pipeline's name table).
     pub fn of(job: &ValidatedJob) -> Result<Self, WorkerError> {
         let r = &job.request;
-        let choice =
-            sdxl_pipeline::sampling::resolve_sampler(&r.sampler_name, r.scheduler.as_deref())?;
+        let choice = sdxl_pipeline::sampling::resolve_sampler_with(
+            &r.sampler_name,
+            r.scheduler.as_deref(),
+            &r.sampler_params,
+        )?;
         Ok(Self {
             sampler: choice.infotext_sampler,
             schedule: choice.infotext_schedule,
+            extra: choice.extra_infotext,
         })
     }
 }
@@ -139,7 +145,8 @@ pub fn encode_all(
         .collect()
 }
 
-/// The A1111 infotext of image `index` of `job` (no file hashes).
+/// The A1111 infotext of image `index` of `job` (its seed and variation seed as A1111's
+/// `all_seeds` / `all_subseeds`).
 pub fn infotext(job: &ValidatedJob, labels: &SamplerLabels, index: u32) -> String {
     infotext_with(job, labels, index, &NetworkHashes::default())
 }
@@ -153,6 +160,17 @@ pub fn infotext_with(
     hashes: &NetworkHashes,
 ) -> String {
     let r = &job.request;
+    let i = index as usize;
+    let seed = job
+        .seeds()
+        .get(i)
+        .copied()
+        .unwrap_or_else(|| r.seed.saturating_add(u64::from(index)));
+    let subseed = job
+        .subseeds()
+        .get(i)
+        .copied()
+        .unwrap_or(r.variation.subseed);
     let mut extra = Vec::new();
     if !job.loras.is_empty() {
         let list = job
@@ -171,6 +189,7 @@ pub fn infotext_with(
             .join(", ");
         extra.push(("Loras".to_string(), list));
     }
+    extra.extend(labels.extra.iter().cloned());
     let second_order =
         sdxl_pipeline::sampling::resolve_sampler(&r.sampler_name, r.scheduler.as_deref())
             .is_ok_and(|c| c.second_order);
@@ -191,10 +210,11 @@ pub fn infotext_with(
         sampler: labels.sampler.clone(),
         schedule_type: Some(labels.schedule.clone()),
         cfg_scale: r.cfg_scale,
-        seed: r.seed.saturating_add(u64::from(index)),
+        seed,
         width: r.width,
         height: r.height,
         model: job.checkpoint.clone(),
+        variation: r.variation.infotext(subseed),
         clip_skip: (r.clip_skip > 2).then_some(r.clip_skip),
         extra,
     }
