@@ -4,8 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sdxl_pipeline::prompt::{
-    parse_prompt_attention, prompt_schedule, tokenize_line, EmbeddingMatcher, LineOptions,
-    PromptTokenizer, COMMA_BACKTRACK,
+    parse_prompt_attention, prompt_schedule, segment_ids, tokenize_line_ids, EmbeddingMatcher,
+    LineOptions, PromptTokenizer, COMMA_BACKTRACK,
 };
 
 const PIECES: &[&str] = &[
@@ -53,12 +53,9 @@ fn bench_syntax(c: &mut Criterion) {
                     }
                     seen.push(&e.text);
                     let segments = parse_prompt_attention(&e.text).unwrap();
-                    rows += tokenize_line(&segments, tok.clip_l(), &matcher, o1)
-                        .unwrap()
-                        .len();
-                    rows += tokenize_line(&segments, tok.clip_g(), &matcher, o2)
-                        .unwrap()
-                        .len();
+                    let ids = segment_ids(&segments, tok.clip_l()).unwrap();
+                    rows += tokenize_line_ids(&segments, &ids, &matcher, o1).len();
+                    rows += tokenize_line_ids(&segments, &ids, &matcher, o2).len();
                 }
                 rows
             })
@@ -68,12 +65,10 @@ fn bench_syntax(c: &mut Criterion) {
         let text = &prompt_schedule(&prompt, 25)[0].text;
         b.iter(|| {
             let segments = parse_prompt_attention(std::hint::black_box(text)).unwrap();
-            tokenize_line(&segments, tok.clip_l(), &matcher, o1)
-                .unwrap()
-                .len()
-                + tokenize_line(&segments, tok.clip_g(), &matcher, o2)
-                    .unwrap()
-                    .len()
+            // As the prompt encoder does: tokenizer 2's ids equal tokenizer 1's without a `!`.
+            let ids = segment_ids(&segments, tok.clip_l()).unwrap();
+            tokenize_line_ids(&segments, &ids, &matcher, o1).len()
+                + tokenize_line_ids(&segments, &ids, &matcher, o2).len()
         })
     });
 }

@@ -16,7 +16,10 @@ pub use parser::{parse_prompt_attention, split_break, Segment, BREAK_WEIGHT};
 pub use schedule::{entry_index, prompt_schedule, schedule_steps, ScheduleEntry};
 pub use scheduled::{PromptOptions, PromptSchedule, ScheduledConditioning};
 pub use tokens::{ChunkedPrompt, EncodingKind, PromptTokenizer};
-pub use weighted::{tokenize_line, EmbeddingFix, EmbeddingMatcher, LineOptions, WeightedChunk};
+pub use weighted::{
+    segment_ids, tokenize_line, tokenize_line_ids, EmbeddingFix, EmbeddingMatcher, LineOptions,
+    WeightedChunk,
+};
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};

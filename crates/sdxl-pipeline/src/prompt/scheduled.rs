@@ -9,7 +9,9 @@ use candle_core::{DType, Tensor};
 use super::emphasis::{self, Emphasis};
 use super::parser::{parse_prompt_attention, Segment};
 use super::schedule::prompt_schedule;
-use super::weighted::{tokenize_line, EmbeddingMatcher, LineOptions, WeightedChunk};
+use super::weighted::{
+    segment_ids, tokenize_line_ids, EmbeddingMatcher, LineOptions, WeightedChunk,
+};
 use super::{
     equalize_lengths, Conditioning, EncodedPrompt, PromptEncoder, PromptMode, COMMA_BACKTRACK,
 };
@@ -261,8 +263,15 @@ impl PromptEncoder {
                     weight: 1.0,
                 }]
             };
-            let c1 = tokenize_line(&segments, self.tokens.clip_l(), &m1, l1)?;
-            let mut c2 = tokenize_line(&segments, self.tokens.clip_g(), &m2, l2)?;
+            // The two tokenizers differ only on `!` (see `PromptTokenizer::content_ids`).
+            let ids1 = segment_ids(&segments, self.tokens.clip_l())?;
+            let ids2 = if text.contains('!') {
+                segment_ids(&segments, self.tokens.clip_g())?
+            } else {
+                ids1.clone()
+            };
+            let c1 = tokenize_line_ids(&segments, &ids1, &m1, l1);
+            let mut c2 = tokenize_line_ids(&segments, &ids2, &m2, l2);
             if c2.len() > c1.len() {
                 warnings.push(format!(
                     "text encoder 2 sees more tokens than text encoder 1 (each `!` is a separate \

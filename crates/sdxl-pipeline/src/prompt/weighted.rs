@@ -130,6 +130,31 @@ pub fn tokenize_line(
     matcher: &EmbeddingMatcher,
     opts: LineOptions,
 ) -> Result<Vec<WeightedChunk>> {
+    let ids = segment_ids(segments, tokenizer)?;
+    Ok(tokenize_line_ids(segments, &ids, matcher, opts))
+}
+
+/// Each segment's content ids (`BREAK` and empty segments have none).
+pub fn segment_ids(segments: &[Segment], tokenizer: &ClipTokenizer) -> Result<Vec<Vec<u32>>> {
+    segments
+        .iter()
+        .map(|seg| {
+            if seg.is_break() || seg.text.is_empty() {
+                Ok(Vec::new())
+            } else {
+                tokenizer.content_ids(&seg.text)
+            }
+        })
+        .collect()
+}
+
+/// [`tokenize_line`] with the segments already tokenized (`ids[i]` = segment i's content ids).
+pub fn tokenize_line_ids(
+    segments: &[Segment],
+    ids: &[Vec<u32>],
+    matcher: &EmbeddingMatcher,
+    opts: LineOptions,
+) -> Vec<WeightedChunk> {
     let mut chunks = Vec::new();
     let mut tokens: Vec<u32> = Vec::with_capacity(CHUNK_LEN);
     let mut mults: Vec<f64> = Vec::with_capacity(CHUNK_LEN);
@@ -150,7 +175,7 @@ pub fn tokenize_line(
         *last_comma = None;
     };
 
-    for seg in segments {
+    for (seg, ids) in segments.iter().zip(ids) {
         if seg.is_break() {
             next_chunk(
                 &mut chunks,
@@ -161,11 +186,6 @@ pub fn tokenize_line(
             );
             continue;
         }
-        let ids = if seg.text.is_empty() {
-            Vec::new()
-        } else {
-            tokenizer.content_ids(&seg.text)?
-        };
         let weight = seg.weight;
         let mut position = 0;
         while position < ids.len() {
@@ -201,7 +221,7 @@ pub fn tokenize_line(
                     &mut last_comma,
                 );
             }
-            match matcher.find(&ids, position) {
+            match matcher.find(ids, position) {
                 None => {
                     tokens.push(token);
                     mults.push(weight);
@@ -238,5 +258,5 @@ pub fn tokenize_line(
             &mut last_comma,
         );
     }
-    Ok(chunks)
+    chunks
 }
