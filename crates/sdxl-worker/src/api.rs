@@ -3,6 +3,7 @@
 //! Jobs run in the background one at a time; every error reply is JSON.
 
 mod a1111;
+mod a1111_img2img;
 pub mod error;
 pub mod guard;
 mod runpod_routes;
@@ -34,6 +35,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/health", get(runpod_routes::health));
     let a1111 = Router::new()
         .route("/txt2img", post(a1111::txt2img))
+        .route("/img2img", post(a1111_img2img::img2img))
         .route("/sd-models", get(a1111::sd_models))
         .route("/options", get(a1111::get_options).post(a1111::set_options))
         .route("/progress", get(a1111::progress))

@@ -8,6 +8,11 @@ use sdxl_pipeline::pipeline::Txt2ImgRequest;
 use sdxl_pipeline::prompt::PromptMode;
 use serde_json::{json, Map, Value};
 
+mod image_fields;
+
+pub use image_fields::{image_infotext, IMAGE_FIELDS, MAX_INIT_IMAGES};
+pub use sdxl_pipeline::pipeline::{HiresParams, Img2ImgParams};
+
 /// Largest allowed seed (2^53 − 1, exact in a JSON double).
 pub const MAX_SEED: i64 = (1 << 53) - 1;
 /// Longest accepted prompt / negative prompt, in characters.
@@ -67,6 +72,10 @@ pub struct ValidatedJob {
     pub warnings: Vec<String>,
     /// The job asked for its images in the bucket (`"upload": true`, SPEC §4).
     pub upload: bool,
+    /// img2img inputs (SPEC §13), when the job sent `init_images`.
+    pub img2img: Option<Img2ImgParams>,
+    /// The hires fix (SPEC §13), when the job sent `enable_hr: true`.
+    pub hires: Option<HiresParams>,
 }
 
 impl ValidatedJob {
@@ -92,6 +101,12 @@ impl ValidatedJob {
             obj.insert("loras".into(), json!(self.loras));
             obj.insert("output_format".into(), json!(format));
             obj.insert("quality".into(), json!(quality));
+            image_fields::parameters(
+                obj,
+                self.img2img.as_ref(),
+                self.hires.as_ref(),
+                &self.request,
+            );
         }
         params
     }
@@ -152,12 +167,19 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     let upload = c.upload(catalog);
 
     c.pixel_budgets(&catalog.budgets, width, height, batch_size);
+    let images = image_fields::read(
+        &mut c,
+        catalog,
+        width.unwrap_or(defaults.width),
+        height.unwrap_or(defaults.height),
+        batch_size.map_or(defaults.batch_size, to_u32),
+    );
 
     let mut warnings = std::mem::take(&mut c.notes);
     let mut unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
-        .filter(|k| !KNOWN_FIELDS.contains(k))
+        .filter(|k| !KNOWN_FIELDS.contains(k) && !IMAGE_FIELDS.contains(k))
         .collect();
     unknown.sort_unstable();
     if !unknown.is_empty() {
@@ -213,6 +235,8 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
         seed_was_random,
         warnings,
         upload,
+        img2img: images.img2img,
+        hires: images.hires,
     })
 }
 

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod models;
 pub mod protocol;
 pub mod render;
+pub mod render_images;
 pub mod runpod;
 pub mod runtime;
 pub mod signals;

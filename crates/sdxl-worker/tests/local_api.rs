@@ -270,7 +270,10 @@ async fn a1111_txt2img_accepts_a_full_client_request() {
     assert_eq!(info["cfg_scale"], 6.5);
     let infotexts = info["infotexts"].as_array().unwrap();
     assert!(infotexts[1].as_str().unwrap().contains("Seed: 1235"));
-    assert!(info["warnings"][0].as_str().unwrap().contains("enable_hr"));
+    assert!(info["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("force_task_id"));
     assert_eq!(v["parameters"]["steps"], 3);
 
     let (s, v) = post(

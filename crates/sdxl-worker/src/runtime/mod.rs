@@ -203,7 +203,15 @@ impl ModelRuntime {
             }
             progress(p.done, p.total)
         };
-        let out = loaded.model.txt2img(&job.request, &mut on_step, cancel)?;
+        let out = match (&job.img2img, &job.hires) {
+            (Some(p), _) => loaded
+                .model
+                .img2img(&job.request, p, &mut on_step, cancel)?,
+            (None, Some(h)) => loaded
+                .model
+                .txt2img_hires(&job.request, h, &mut on_step, cancel)?,
+            (None, None) => loaded.model.txt2img(&job.request, &mut on_step, cancel)?,
+        };
         let labels = SamplerLabels {
             sampler: out.sampler.clone(),
             schedule: out.schedule_type.clone(),

@@ -97,7 +97,7 @@ pub fn encode_all(
 /// The A1111 infotext of image `index` of `job`.
 pub fn infotext(job: &ValidatedJob, labels: &SamplerLabels, index: u32) -> String {
     let r = &job.request;
-    let mut extra = Vec::new();
+    let mut extra = crate::job::image_infotext(job);
     if !job.loras.is_empty() {
         let list = job
             .loras
