@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use sdxl_pipeline::image_ops::resize::Box4;
 use sdxl_pipeline::image_ops::{resize, resize_box, resize_image, Filter, ResizeMode};
 use sdxl_pipeline::output::RgbImage;
 
@@ -80,7 +81,7 @@ fn resize_matches_pillow_bit_exact() {
 fn resize_with_box_matches_pillow() {
     let fx = fixture();
     let b = &fx["src.b"];
-    let cases: [(&str, Filter, (u32, u32), (f32, f32, f32, f32)); 4] = [
+    let cases: [(&str, Filter, (u32, u32), Box4); 4] = [
         (
             "box.b.bicubic.40x7.top",
             Filter::Bicubic,

@@ -61,9 +61,12 @@ fn lanczos(x: f64) -> f64 {
     }
 }
 
+/// A separable filter: its function and its support radius.
+type Kernel = (fn(f64) -> f64, f64);
+
 impl Filter {
     /// The filter function and its support, or `None` for nearest.
-    fn kernel(self) -> Option<(fn(f64) -> f64, f64)> {
+    fn kernel(self) -> Option<Kernel> {
         match self {
             Self::Nearest => None,
             Self::Bilinear => Some((bilinear, 1.0)),
