@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod embedding;
 pub mod error;
+pub mod image_ops;
 pub mod interrupt;
 mod layers;
 pub mod lora;

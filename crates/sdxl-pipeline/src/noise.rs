@@ -273,6 +273,13 @@ impl TorchNoiseSource {
     }
 }
 
+impl TorchNoiseSource {
+    /// Later draws have `shape`; the generator stream continues (the hires pass, SPEC §13).
+    pub fn set_shape(&mut self, shape: &[usize]) {
+        self.shape = shape.to_vec();
+    }
+}
+
 impl NoiseSource for TorchNoiseSource {
     fn next_noise(&mut self) -> Result<Tensor> {
         self.generator.randn_tensor(&self.shape, &self.device)

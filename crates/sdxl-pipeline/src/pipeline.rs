@@ -20,6 +20,12 @@ use crate::unet::{SdxlUNet, UNetConditioning};
 use crate::vae::{self, AutoencoderKl};
 use crate::{PipelineError, Result};
 
+mod hires;
+mod img2img;
+
+pub use hires::{upscale_pixels, HiresParams, HiresTarget, HiresUpscaler};
+pub use img2img::{hires_steps, img2img_steps, Img2ImgParams, DEFAULT_DENOISING_STRENGTH};
+
 /// Default number of denoising steps.
 pub const DEFAULT_STEPS: u32 = 25;
 /// Default classifier-free guidance scale.

@@ -4,6 +4,7 @@
 
 mod a1111;
 mod a1111_control;
+mod a1111_img2img;
 mod a1111_lists;
 mod a1111_options;
 pub mod error;
@@ -37,6 +38,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/health", get(runpod_routes::health));
     let a1111 = Router::new()
         .route("/txt2img", post(a1111::txt2img))
+        .route("/img2img", post(a1111_img2img::img2img))
         .route("/sd-models", get(a1111::sd_models))
         .route(
             "/options",

@@ -193,6 +193,63 @@ pub struct JobFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<u8>,
+    /// img2img: an init image file (PNG/JPEG/WebP), sent as the job's `init_images`.
+    #[arg(long)]
+    #[serde(skip)]
+    pub init_image: Option<PathBuf>,
+    /// img2img / hires fix: denoising strength 0..=1 (default 0.75).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denoising_strength: Option<f64>,
+    /// img2img: 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resize_mode: Option<u8>,
+    /// img2img: A1111 initial noise multiplier (default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_noise_multiplier: Option<f64>,
+    /// Hires fix: render at width×height, upscale and run a second pass.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub enable_hr: bool,
+    /// Hires fix: upscale factor (default 2).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_scale: Option<f64>,
+    /// Hires fix: target width (0 = from hr_scale).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_resize_x: Option<u32>,
+    /// Hires fix: target height (0 = from hr_scale).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_resize_y: Option<u32>,
+    /// Hires fix: Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased),
+    /// Latent (nearest), Latent (nearest-exact), Lanczos, Nearest or None.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_upscaler: Option<String>,
+    /// Hires fix: steps of the second pass (0 = same as --steps).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_second_pass_steps: Option<u32>,
+    /// Hires fix: sampler of the second pass (default: the first pass's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_sampler_name: Option<String>,
+    /// Hires fix: schedule type of the second pass (default: the first pass's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_scheduler: Option<String>,
+    /// Hires fix: prompt of the second pass (default: the prompt).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_prompt: Option<String>,
+    /// Hires fix: negative prompt of the second pass (default: the negative prompt).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hr_negative_prompt: Option<String>,
     /// Upload the images to the `BUCKET_*` bucket and print presigned URLs (no local files).
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -8,8 +8,12 @@ use sdxl_pipeline::pipeline::Txt2ImgRequest;
 use sdxl_pipeline::prompt::{Emphasis, PromptMode};
 use serde_json::{json, Map, Value};
 
+mod image_fields;
 pub mod refusals;
 mod seeds;
+
+pub use image_fields::{image_infotext, IMAGE_FIELDS, MAX_INIT_IMAGES};
+pub use sdxl_pipeline::pipeline::{HiresParams, Img2ImgParams};
 
 /// Largest allowed seed (2^53 − 1, exact in a JSON double).
 pub const MAX_SEED: i64 = (1 << 53) - 1;
@@ -90,6 +94,10 @@ pub struct ValidatedJob {
     pub warnings: Vec<String>,
     /// The job asked for its images in the bucket (`"upload": true`, SPEC §4).
     pub upload: bool,
+    /// img2img inputs (SPEC §13), when the job sent `init_images`.
+    pub img2img: Option<Img2ImgParams>,
+    /// The hires fix (SPEC §13), when the job sent `enable_hr: true`.
+    pub hires: Option<HiresParams>,
 }
 
 impl ValidatedJob {
@@ -129,6 +137,12 @@ impl ValidatedJob {
             obj.insert("loras".into(), json!(self.loras));
             obj.insert("output_format".into(), json!(format));
             obj.insert("quality".into(), json!(quality));
+            image_fields::parameters(
+                obj,
+                self.img2img.as_ref(),
+                self.hires.as_ref(),
+                &self.request,
+            );
         }
         params
     }
@@ -205,6 +219,13 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     }
     // Fields that would change the image but are not implemented (SPEC §3): one table.
     c.problems.extend(refusals::problems(obj));
+    let images = image_fields::read(
+        &mut c,
+        catalog,
+        width.unwrap_or(defaults.width),
+        height.unwrap_or(defaults.height),
+        batch_size.map_or(defaults.batch_size, to_u32),
+    );
 
     let mut warnings = std::mem::take(&mut c.notes);
     warnings.extend(
@@ -215,7 +236,7 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
     let mut unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
-        .filter(|k| !KNOWN_FIELDS.contains(k) && !refusals::covers(k))
+        .filter(|k| !KNOWN_FIELDS.contains(k) && !refusals::covers(k) && !IMAGE_FIELDS.contains(k))
         .collect();
     unknown.sort_unstable();
     if !unknown.is_empty() {
@@ -276,6 +297,8 @@ pub fn validate(input: &Value, catalog: &Catalog) -> Result<ValidatedJob, Worker
         seed_was_random,
         warnings,
         upload,
+        img2img: images.img2img,
+        hires: images.hires,
     })
 }
 

@@ -21,6 +21,7 @@ pub mod png_info;
 pub mod prompt_tags;
 pub mod protocol;
 pub mod render;
+pub mod render_images;
 pub mod runpod;
 pub mod runtime;
 pub mod signals;

@@ -206,6 +206,12 @@ fn job_input(args: &RenderArgs) -> anyhow::Result<Map<String, Value>> {
     if let Ok(Value::Object(flags)) = serde_json::to_value(&args.job) {
         input.extend(flags);
     }
+    if let Some(path) = &args.job.init_image {
+        input.insert(
+            "init_images".into(),
+            crate::render_images::init_images_from_file(path)?,
+        );
+    }
     if !input.contains_key("prompt") {
         bail!("--prompt is required (or a job file with --json)");
     }

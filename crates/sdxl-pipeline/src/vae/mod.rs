@@ -3,6 +3,7 @@
 mod config;
 mod decode;
 mod decoder;
+mod encode;
 mod tiled;
 
 use candle_core::{DType, Module, Tensor};
@@ -13,6 +14,7 @@ use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
 
 pub use config::VaeConfig;
 pub use decode::{decode_checked, is_finite};
+pub use encode::encode_checked;
 pub use tiled::VaeTiling;
 
 use decoder::Decoder;

@@ -61,6 +61,11 @@ pub async fn txt2img(
             "the body must be a JSON object",
         ));
     };
+    generate(state, obj).await
+}
+
+/// One A1111 generation request (txt2img or img2img, already a JSON object) through the queue.
+pub(super) async fn generate(state: Arc<ApiState>, obj: Map<String, Value>) -> Reply {
     if state.config.uploader.is_some() && obj.get("upload") == Some(&Value::Bool(true)) {
         // With a bucket, "no bucket configured" (the validator's word) would mislead.
         return Err(ApiError::invalid(
@@ -125,7 +130,12 @@ pub fn a1111_reply(job: &ValidatedJob, out: &JobOutput) -> Value {
         "sd_vae_hash": null,
         "seed_resize_from_w": resize_or_off(r.variation.seed_resize_from_w),
         "seed_resize_from_h": resize_or_off(r.variation.seed_resize_from_h),
-        "denoising_strength": 0,
+        "denoising_strength": job
+            .img2img
+            .as_ref()
+            .map(|p| p.denoising_strength)
+            .or(job.hires.as_ref().map(|h| h.denoising_strength))
+            .unwrap_or(0.0),
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": infotexts,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 pub struct ApiConfig {
     /// How long finished results stay readable (30 min).
     pub result_ttl: Duration,
-    /// Largest accepted request body (1 MiB).
+    /// Largest accepted request body (42 MiB: one 30 MB init image in base64, SPEC §13).
     pub body_limit: usize,
     /// `/runsync` wait when the request gives no `?wait=` (90 s).
     pub default_runsync_wait: Duration,
@@ -45,7 +45,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             result_ttl: Duration::from_secs(30 * 60),
-            body_limit: 1 << 20,
+            body_limit: 42 << 20,
             default_runsync_wait: Duration::from_secs(90),
             max_runsync_wait: Duration::from_secs(300),
             max_queued: 1000,

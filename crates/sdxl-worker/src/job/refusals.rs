@@ -80,8 +80,9 @@ fn no_refiner(c: &Context<'_>) -> bool {
     )
 }
 
-const HIRES: &str = "hires fix is not available on this worker yet";
-const IMG2IMG: &str = "image to image / inpainting is not available on this worker yet";
+const HIRES: &str =
+    "this hires-fix option (a first-pass image, a second checkpoint, firstphase sizes) is not available on this worker";
+const IMG2IMG: &str = "inpainting (a mask) is not available on this worker yet";
 
 /// Every refused field. Edit this table (and only this one) when a field gets implemented.
 pub const REFUSALS: &[Refusal] = &[
@@ -137,67 +138,12 @@ pub const REFUSALS: &[Refusal] = &[
     },
     // Hires fix (txt2img `enable_hr`) and its parameters.
     Refusal {
-        field: "enable_hr",
-        inert: inert_values!("enable_hr", [false]),
-        why: HIRES,
-    },
-    Refusal {
         field: "firstpass_image",
         inert: inert_values!("firstpass_image", [""]),
         why: HIRES,
     },
     // Without `enable_hr` or an init image A1111 ignores these; the rows keep them from being
     // warned about as unknown.
-    Refusal {
-        field: "denoising_strength",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_scale",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_upscaler",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_second_pass_steps",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_resize_x",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_resize_y",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_sampler_name",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_scheduler",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_prompt",
-        inert: by_parent,
-        why: HIRES,
-    },
-    Refusal {
-        field: "hr_negative_prompt",
-        inert: by_parent,
-        why: HIRES,
-    },
     Refusal {
         field: "hr_checkpoint_name",
         inert: by_parent,
@@ -215,23 +161,8 @@ pub const REFUSALS: &[Refusal] = &[
     },
     // Image to image and inpainting.
     Refusal {
-        field: "init_images",
-        inert: inert_values!("init_images", [[]]),
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "init_image",
-        inert: inert_values!("init_image", [""]),
-        why: IMG2IMG,
-    },
-    Refusal {
         field: "mask",
         inert: inert_values!("mask", [""]),
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "resize_mode",
-        inert: by_parent,
         why: IMG2IMG,
     },
     Refusal {
@@ -270,11 +201,6 @@ pub const REFUSALS: &[Refusal] = &[
         why: IMG2IMG,
     },
     Refusal {
-        field: "initial_noise_multiplier",
-        inert: by_parent,
-        why: IMG2IMG,
-    },
-    Refusal {
         field: "image_cfg_scale",
         inert: by_parent,
         why: IMG2IMG,
@@ -290,12 +216,94 @@ pub fn covers(field: &str) -> bool {
 /// One problem per refused field whose value is not inert, in table order.
 pub fn problems(obj: &Map<String, Value>) -> Vec<String> {
     let ctx = Context::new(obj);
-    REFUSALS
+    let mut problems: Vec<String> = REFUSALS
         .iter()
         .filter(|r| ctx.get(r.field).is_some() && !(r.inert)(&ctx))
         .map(|r| {
             let shown = ctx.get(r.field).map(super::describe).unwrap_or_default();
             format!("`{}` = {shown}: {}", r.field, r.why)
         })
-        .collect()
+        .collect();
+    for field in ["prompt", "hr_prompt"] {
+        if let Some(why) = ctx.get(field).and_then(Value::as_str).and_then(composable) {
+            problems.push(format!("`{field}`: {why}"));
+        }
+    }
+    problems
+}
+
+/// A1111's composable-diffusion syntax in a positive prompt (`prompt_parser
+/// .get_multicond_prompt_list`: sub-prompts split at `\bAND\b`, each with an optional trailing
+/// `:weight`), which changes the image and is not implemented: why it is refused, or `None`.
+pub fn composable(prompt: &str) -> Option<String> {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let has_and = prompt.match_indices("AND").any(|(i, _)| {
+        !word(prompt[..i].chars().next_back()) && !word(prompt[i + 3..].chars().next())
+    });
+    if has_and {
+        return Some(
+            "A1111's composable diffusion (`AND` between sub-prompts) is not available on this \
+             worker"
+                .into(),
+        );
+    }
+    trailing_weight(prompt).filter(|w| *w != 1.0).map(|w| {
+        format!(
+            "a trailing `:{w}` weights the whole prompt in A1111 (composable diffusion), \
+                 which is not available on this worker; write `(prompt:{w})` for emphasis"
+        )
+    })
+}
+
+/// The `:number` at the end of a prompt (A1111's `re_weight`: `\s*:\s*[-+]?(\d+\.?|\d*\.\d+)\s*$`).
+fn trailing_weight(prompt: &str) -> Option<f64> {
+    let body = prompt.trim_end();
+    let start = body
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_digit() || *c == '.')
+        .last()
+        .map(|(i, _)| i)?;
+    let number = &body[start..];
+    let before = &body[..start];
+    let (sign, before) = match before.strip_suffix(['-', '+']) {
+        Some(rest) => (&before[rest.len()..], rest),
+        None => ("", before),
+    };
+    let before = before.trim_end().strip_suffix(':')?;
+    if before.trim().is_empty() || number.matches('.').count() > 1 || number == "." {
+        return None;
+    }
+    format!("{sign}{number}").parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::composable;
+
+    #[test]
+    fn composable_syntax_is_found_as_a1111_splits_it() {
+        for p in [
+            "a cat AND a dog",
+            "a cat AND",
+            "cat:1.5",
+            "a cat : 0.5 ",
+            "x :-2",
+            "a:.5",
+        ] {
+            assert!(composable(p).is_some(), "{p}");
+        }
+        for p in [
+            "a cat",
+            "SAND and ANDROID",
+            "(cat:1.5)",
+            "a cat:1",
+            "<lora:x:0.8>",
+            "time 10:30 pm",
+            "ratio 16:9 frame",
+            ":5",
+        ] {
+            assert!(composable(p).is_none(), "{p}");
+        }
+    }
 }

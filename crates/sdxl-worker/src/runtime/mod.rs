@@ -227,7 +227,20 @@ impl ModelRuntime {
             }
             progress(p.done, p.total)
         };
-        let out = loaded.model.txt2img(&request, &mut on_step, cancel)?;
+        // img2img and the hires fix watch the cancel flag only (A1111 interrupt/skip apply to
+        // txt2img).
+        let control: sdxl_pipeline::interrupt::RenderControl<'c> = cancel.into();
+        let out = match (&job.img2img, &job.hires) {
+            (Some(p), _) => loaded
+                .model
+                .img2img(&request, p, &mut on_step, control.cancel)?,
+            (None, Some(h)) => {
+                loaded
+                    .model
+                    .txt2img_hires(&request, h, &mut on_step, control.cancel)?
+            }
+            (None, None) => loaded.model.txt2img(&request, &mut on_step, control)?,
+        };
         let labels = SamplerLabels {
             sampler: out.sampler.clone(),
             schedule: out.schedule_type.clone(),

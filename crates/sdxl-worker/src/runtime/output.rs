@@ -171,7 +171,7 @@ pub fn infotext_with(
         .get(i)
         .copied()
         .unwrap_or(r.variation.subseed);
-    let mut extra = Vec::new();
+    let mut extra = crate::job::image_infotext(job);
     if !job.loras.is_empty() {
         let list = job
             .loras
