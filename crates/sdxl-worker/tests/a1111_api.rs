@@ -186,16 +186,12 @@ async fn webuiapi_requests_work_and_refusals_name_the_field() {
     // The request: txt2img(enable_hr=True, hr_scale=2) must not be a 200 with a
     // low-resolution image. SPEC §3's refusals name their field.
     let refused: &[(&str, Value)] = &[
-        ("enable_hr", json!(true)),
         ("restore_faces", json!(true)),
         ("tiling", json!(true)),
         ("alwayson_scripts", json!({"ControlNet": {"args": []}})),
         ("script_name", json!("X/Y/Z plot")),
         ("refiner_checkpoint", json!("sd_xl_refiner_1.0")),
         ("styles", json!(["cinematic"])),
-        ("n_iter", json!(2)),
-        ("subseed_strength", json!(0.5)),
-        ("init_images", json!(["iVBORw0KGgo="])),
         ("s_min_uncond", json!(1.5)),
     ];
     for (field, value) in refused {
@@ -211,17 +207,24 @@ async fn webuiapi_requests_work_and_refusals_name_the_field() {
         assert!(msg.contains(&format!("`{field}`")), "{field}: {msg}");
         assert!(!msg.contains("problems"), "only {field} is refused: {msg}");
     }
-    // eta: A1111 runs Euler a with eta 0 as plain Euler, which this branch cannot do yet.
+    // ... and the fields this worker implements are honoured: hires fix, n_iter, eta.
     let mut req = webuiapi_txt2img("a red fox");
-    req["eta"] = json!(0);
-    let (s, v) = post(&format!("{base}/txt2img"), &req).await;
-    assert_eq!(s, 422, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("`eta`"), "{v}");
-    // ... while for a sampler without eta, eta changes nothing and is accepted.
-    req["sampler_name"] = json!("Euler");
-    req["sampler_index"] = json!("Euler");
+    req["enable_hr"] = json!(true);
+    req["hr_scale"] = json!(2);
+    req["n_iter"] = json!(2);
+    req["eta"] = json!(0.5);
     let (s, v) = post(&format!("{base}/txt2img"), &req).await;
     assert_eq!(s, 200, "{v}");
+    let images = v["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "n_iter 2 ⇒ two images");
+    let infotext = v["info"].as_str().unwrap();
+    assert!(infotext.contains("Hires upscale: 2"), "{infotext}");
+    assert!(infotext.contains("Eta: 0.5"), "{infotext}");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(images[0].as_str().unwrap())
+        .unwrap();
+    let img = image::load_from_memory(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (128, 128), "hires output size");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,21 +366,15 @@ async fn options_store_anything_and_apply_what_jobs_honour() {
     let (s, v) = post(&url, &json!({"CLIP_stop_at_last_layers": 40})).await;
     assert_eq!((s, v["code"].as_str()), (422, Some("INVALID_INPUT")));
     assert_eq!(get(&url).await.1["CLIP_stop_at_last_layers"], 3);
-    // An option this worker cannot honour reaches the jobs it would change as a refusal.
+    // A sampler option jobs honour reaches the jobs it changes.
     assert_eq!(post(&url, &json!({"eta_ddim": 0.5})).await.0, 200);
     let mut req = webuiapi_txt2img("a cat");
     req["sampler_name"] = json!("DDIM");
     req["sampler_index"] = json!("DDIM");
     req["eta"] = Value::Null;
     let (s, v) = post(&format!("{base}/txt2img"), &req).await;
-    assert_eq!(s, 422, "{v}");
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("override_settings.eta_ddim"),
-        "{v}"
-    );
+    assert_eq!(s, 200, "{v}");
+    assert!(v["info"].as_str().unwrap().contains("Eta DDIM: 0.5"), "{v}");
     // An honoured option with a value jobs accept is stored and reaches later jobs.
     let (s, v) = post(&url, &json!({"emphasis": "No norm"})).await;
     assert_eq!(s, 200, "{v}");
