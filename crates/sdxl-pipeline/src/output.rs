@@ -31,6 +31,52 @@ impl RgbImage {
     }
 }
 
+/// An 8-bit single-channel image (Pillow mode `L`: masks), row-major, `width * height` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrayImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl GrayImage {
+    /// Wraps a pixel buffer after checking its length.
+    pub fn new(width: u32, height: u32, pixels: Vec<u8>) -> Result<Self> {
+        if pixels.len() != width as usize * height as usize {
+            return Err(PipelineError::Image(format!(
+                "gray buffer of {} bytes does not match {width}x{height}",
+                pixels.len()
+            )));
+        }
+        Ok(Self {
+            width,
+            height,
+            pixels,
+        })
+    }
+
+    /// The same values in all three channels (Pillow `convert('RGB')` of an `L` image), so the
+    /// RGB resizers serve masks too.
+    pub fn to_rgb(&self) -> RgbImage {
+        RgbImage {
+            width: self.width,
+            height: self.height,
+            pixels: self.pixels.iter().flat_map(|&v| [v, v, v]).collect(),
+        }
+    }
+}
+
+impl RgbImage {
+    /// The first channel (the inverse of [`GrayImage::to_rgb`] for gray content).
+    pub fn red_channel(&self) -> GrayImage {
+        GrayImage {
+            width: self.width,
+            height: self.height,
+            pixels: self.pixels.chunks_exact(3).map(|p| p[0]).collect(),
+        }
+    }
+}
+
 /// Encoded image formats the worker can return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ImageFormat {
