@@ -317,6 +317,7 @@ impl SdxlModel {
                 clip_skip: req.clip_skip,
                 emphasis: req.emphasis,
                 steps: crate::prompt::schedule_steps(req.steps as usize, choice.second_order),
+                hires_base_steps: None,
             },
         )?;
         let used_embeddings = cond.used_embeddings.clone();
@@ -387,14 +388,9 @@ impl SdxlModel {
     /// Latents `[1,4,h,w]` → RGB: `vae.decode(latents / scaling_factor)`, then
     /// `round(clamp(x/2 + 0.5, 0, 1) · 255)` in HWC order (diffusers / A1111).
     pub fn decode(&self, latents: &Tensor) -> Result<RgbImage> {
-        let scaled = (latents.to_dtype(DType::F32)?
-            / self.checkpoint.configs().vae.scaling_factor)?
-            .to_dtype(self.vae.dtype())?;
-        let image = vae::decode_checked(&self.vae, &scaled, || {
-            self.checkpoint.load_vae(DType::F32, &self.options.device)
-        })?;
+        let image = self.decode_raw(latents)?;
         let (_, _, h, w) = image.dims4()?;
-        let u8s = ((image.to_dtype(DType::F32)? / 2.0)? + 0.5)?
+        let u8s = ((image / 2.0)? + 0.5)?
             .clamp(0f32, 1f32)?
             .affine(255.0, 0.0)?
             .round()?
@@ -405,6 +401,18 @@ impl SdxlModel {
             .to_device(&Device::Cpu)?
             .to_vec1::<u8>()?;
         RgbImage::new(w as u32, h as u32, u8s)
+    }
+
+    /// Latents → the VAE's f32 output `[1, 3, H, W]` (nominally in [-1, 1]): unscaled by the
+    /// scaling factor and decoded, with the f32 retry of [`vae::decode_checked`].
+    pub(crate) fn decode_raw(&self, latents: &Tensor) -> Result<Tensor> {
+        let scaled = (latents.to_dtype(DType::F32)?
+            / self.checkpoint.configs().vae.scaling_factor)?
+            .to_dtype(self.vae.dtype())?;
+        let image = vae::decode_checked(&self.vae, &scaled, || {
+            self.checkpoint.load_vae(DType::F32, &self.options.device)
+        })?;
+        Ok(image.to_dtype(DType::F32)?)
     }
 }
 

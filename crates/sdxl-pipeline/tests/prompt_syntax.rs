@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use candle_core::DType;
 use sdxl_pipeline::embedding::TextualInversion;
 use sdxl_pipeline::prompt::{
-    entry_index, parse_prompt_attention, prompt_schedule, schedule_steps, Emphasis, PromptEncoder,
-    PromptMode, PromptOptions,
+    entry_index, parse_prompt_attention, prompt_schedule, prompt_schedule_hires, schedule_steps,
+    Emphasis, PromptEncoder, PromptMode, PromptOptions,
 };
 use serde_json::Value;
 use text_support::{assert_close, fixture, load, metadata, tiny_encoder, ATOL, RTOL};
@@ -113,6 +113,7 @@ fn encodings_match_the_a1111_port() {
             clip_skip: 2,
             emphasis: Emphasis::parse(case["emphasis"].as_str().unwrap()).unwrap(),
             steps: case["steps"].as_u64().unwrap() as usize,
+            hires_base_steps: None,
         };
         let negative = case["negative"].as_str();
         let got = enc
@@ -187,4 +188,49 @@ fn render_call_schedule_matches_a1111() {
             .collect();
         assert_eq!(got, want, "{name}");
     }
+}
+
+/// The hires pass's schedules (A1111 `get_learned_conditioning_prompt_schedules(prompts,
+/// firstpass_steps, hires_steps)`: editing continues the first pass's timeline), from the same
+/// lark port as `schedules.json`.
+#[test]
+fn hires_schedules_continue_the_first_pass_like_a1111() {
+    let text = std::fs::read_to_string(fixture("prompt_syntax/hires_schedules.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.len() > 200);
+    let mut differs_from_plain = 0;
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let base = case["base_steps"].as_u64().unwrap() as usize;
+        let hires = case["hires_steps"].as_u64().unwrap() as usize;
+        let want: Vec<(usize, &str)> = case["schedule"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["end_at_step"].as_u64().unwrap() as usize,
+                    e["text"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let got = prompt_schedule_hires(prompt, base, hires);
+        let got: Vec<(usize, &str)> = got
+            .iter()
+            .map(|e| (e.end_at_step, e.text.as_str()))
+            .collect();
+        assert_eq!(got, want, "{prompt:?} base {base} hires {hires}");
+        let plain = prompt_schedule(prompt, hires);
+        if plain
+            .iter()
+            .map(|e| (e.end_at_step, e.text.as_str()))
+            .collect::<Vec<_>>()
+            != want
+        {
+            differs_from_plain += 1;
+        }
+    }
+    // The offsets matter on this corpus (the test fails if they are dropped).
+    assert!(differs_from_plain > 20, "{differs_from_plain}");
 }

@@ -95,3 +95,48 @@ fn fast_path_equals_the_unmodified_hf_tokenizer() {
         }
     }
 }
+
+/// The hand-written ASCII path (CLIP's split pattern by hand, words straight to the BPE model)
+/// against the unmodified HF tokenizer on syntax-heavy prompts and random ASCII strings.
+#[test]
+fn ascii_word_path_equals_the_unmodified_hf_tokenizer() {
+    let mut texts: Vec<String> = [
+        "It'S A CAT'S LIFE, WE'RE 'VE 'LL 'D 'M 'X ''S '''LL",
+        "x.'s y''ll 12345 3.14 a1b2c3 ___ -- ~`^ {}|[]",
+        "\u{b}\u{c} vertical\u{b}tab and form\u{c}feed   \t\t spaces",
+        "(masterpiece:1.2), ((best quality)), [blurry] \\(x\\) BREAK [a|b] [x:y:0.5]",
+        "<lora:detail_tweaker:0.8> <hypernet:x:1> embedding:neg_v1 night!!! wow!?",
+    ]
+    .map(String::from)
+    .to_vec();
+    // A fixed-seed LCG over a charset of letters (both cases), digits, punctuation, apostrophes
+    // and whitespace, so runs, contractions and their near misses all occur.
+    let charset: Vec<char> = "aAbBsStTdDlLmMrReEvV019'''.,:;!?()[]{}<>|\\/-_ \t\n"
+        .chars()
+        .collect();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..400 {
+        let mut s = String::new();
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let len = 1 + (state >> 58) as usize;
+        for _ in 0..len {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s.push(charset[(state >> 33) as usize % charset.len()]);
+        }
+        texts.push(s);
+    }
+    for kind in [TokenizerKind::ClipL, TokenizerKind::ClipG] {
+        let tok = ClipTokenizer::new(kind).unwrap();
+        for text in &texts {
+            assert_eq!(
+                tok.content_ids(text).unwrap(),
+                tok.content_ids_exact(text).unwrap(),
+                "{kind:?}: {text:?}"
+            );
+        }
+    }
+}

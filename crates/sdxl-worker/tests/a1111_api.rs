@@ -4,53 +4,24 @@
 //! `/png-info` on our, A1111's and CivitAI-style images, `/interrupt` and `/skip`, and
 //! A1111's own API tests (`test/test_txt2img.py`, `test/test_utils.py`) as an acceptance list.
 
+mod tiny_runtime;
+use tiny_runtime::{fixtures, tiny_runtime};
+
 use base64::Engine as _;
 use sdxl_worker::api::{self, ApiConfig};
 use sdxl_worker::handler::{self, CancelFlag, JobHandler};
 use sdxl_worker::job;
-use sdxl_worker::models::ModelsConfig;
 use sdxl_worker::runtime::ModelRuntime;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn tiny_runtime(cache: &Path) -> ModelRuntime {
-    let fx = fixtures();
-    let text = format!(
-        r#"
-cache_dir = "{cache}"
-
-[[checkpoints]]
-name = "Tiny SDXL"
-default = true
-path = "{file}"
-config = "{config}"
-"#,
-        cache = cache.display(),
-        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
-        config = fx.join("tiny-sdxl").display(),
-    );
-    let config =
-        ModelsConfig::from_toml_str(&text, &cache.join("models.toml")).expect("models.toml");
-    ModelRuntime::new(
-        Some(config),
-        candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .expect("runtime")
-}
 
 /// One tiny-model runtime shared by the handler-level tests of this file.
 fn shared_runtime() -> &'static ModelRuntime {
     static RT: OnceLock<(tempfile::TempDir, ModelRuntime)> = OnceLock::new();
     let (_, rt) = RT.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let rt = tiny_runtime(dir.path());
+        let rt = tiny_runtime(dir.path(), "");
         (dir, rt)
     });
     rt
@@ -60,7 +31,7 @@ fn shared_runtime() -> &'static ModelRuntime {
 async fn start_api() -> (String, tempfile::TempDir) {
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().to_path_buf();
-    let runtime = tokio::task::spawn_blocking(move || tiny_runtime(&dir))
+    let runtime = tokio::task::spawn_blocking(move || tiny_runtime(&dir, ""))
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -3,6 +3,9 @@
 //! /sdapi/v1/embeddings` in A1111's reply shape, and the `TI hashes` / `Lora hashes` infotext
 //! fields. (Matching embedding names in prompts is the prompt encoder's job and not tested here.)
 
+mod tiny_runtime;
+use tiny_runtime::{fixtures, tiny_runtime};
+
 use candle_core::{Device, Tensor};
 use sdxl_worker::api::{self, ApiConfig};
 use sdxl_worker::catalog::Catalog;
@@ -12,18 +15,13 @@ use sdxl_worker::job::validate;
 use sdxl_worker::models::{ModelsConfig, Source};
 use sdxl_worker::runtime::embeddings::{a1111_reply, ti_hashes};
 use sdxl_worker::runtime::{
-    infotext_with, lora_hashes, EmbeddingInfo, Location, ModelRuntime, NetworkHashes, ResolvedLora,
-    SamplerLabels,
+    infotext_with, lora_hashes, EmbeddingInfo, Location, NetworkHashes, ResolvedLora, SamplerLabels,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 /// Writes an SDXL embedding file with `n` vectors of widths `wl` (clip_l) and `wg` (clip_g).
 fn write_embedding(path: &Path, n: usize, wl: usize, wg: usize) -> String {
@@ -39,30 +37,6 @@ fn write_embedding(path: &Path, n: usize, wl: usize, wg: usize) -> String {
     .collect();
     candle_core::safetensors::save(&tensors, path).unwrap();
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
-}
-
-/// A models.toml serving the tiny fixture checkpoint from `cache`, followed by `extra` TOML.
-fn tiny_models_toml(cache: &Path, extra: &str) -> ModelsConfig {
-    let fx = fixtures();
-    let text = format!(
-        r#"
-cache_dir = "{cache}"
-
-[[checkpoints]]
-name = "Tiny SDXL"
-path = "{file}"
-config = "{config}"
-{extra}
-"#,
-        cache = cache.display(),
-        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
-        config = fx.join("tiny-sdxl").display(),
-    );
-    ModelsConfig::from_toml_str(&text, &cache.join("models.toml")).expect("models.toml")
-}
-
-fn runtime(config: ModelsConfig) -> ModelRuntime {
-    ModelRuntime::new(Some(config), Device::Cpu, candle_core::DType::F32).expect("runtime")
 }
 
 #[test]
@@ -140,7 +114,7 @@ async fn embeddings_load_with_the_model_and_are_listed_like_a1111() {
     );
     let cache = dir.path().join("cache");
     let rt = tokio::task::spawn_blocking(move || {
-        let rt = runtime(tiny_models_toml(&cache, &extra));
+        let rt = tiny_runtime(&cache, &extra);
         assert!(rt.embeddings().is_empty(), "nothing before the model loads");
         rt.preload().expect("preload");
         rt
@@ -203,7 +177,7 @@ async fn a_bad_embedding_is_model_invalid_naming_the_file() {
         );
         let cache = dir.path().join("cache");
         let e = tokio::task::spawn_blocking(move || {
-            runtime(tiny_models_toml(&cache, &extra))
+            tiny_runtime(&cache, &extra)
                 .preload()
                 .expect_err("bad embedding")
         })

@@ -3,49 +3,25 @@
 //! and signals (SIGTERM idle, mid-job, past the grace period, twice, mid-download) on the built
 //! binary.
 
+mod tiny_runtime;
+use tiny_runtime::{fixtures, tiny_models_text, tiny_runtime};
+
 mod common;
 
 use common::{job, wait_until, FakeRunpod, Reply};
 use sdxl_worker::catalog::Budgets;
 use sdxl_worker::error::ErrorCode;
 use sdxl_worker::handler::{self, CancelFlag, JobHandler};
-use sdxl_worker::models::ModelsConfig;
 use sdxl_worker::runpod::{serve, RunpodConfig, Shutdown};
-use sdxl_worker::runtime::{ModelRuntime, TEST_PANIC_PROMPT};
+use sdxl_worker::runtime::TEST_PANIC_PROMPT;
 use serde_json::{json, Value};
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sdxl-worker");
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// models.toml text serving the tiny fixture checkpoint, cached in `cache`.
-fn tiny_models_text(cache: &Path) -> String {
-    let fx = fixtures();
-    format!(
-        "cache_dir = \"{}\"\n\n[[checkpoints]]\nname = \"Tiny SDXL\"\npath = \"{}\"\nconfig = \"{}\"\n",
-        cache.display(),
-        fx.join("tiny-sdxl-single-file.safetensors").display(),
-        fx.join("tiny-sdxl").display()
-    )
-}
-
-fn tiny_runtime(cache: &Path) -> ModelRuntime {
-    let config = ModelsConfig::from_toml_str(&tiny_models_text(cache), &cache.join("models.toml"))
-        .expect("models.toml");
-    ModelRuntime::new(
-        Some(config),
-        candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .expect("runtime")
-}
 
 fn small(prompt: &str) -> Value {
     json!({"prompt": prompt, "steps": 2, "width": 64, "height": 64, "seed": 5,
@@ -55,7 +31,7 @@ fn small(prompt: &str) -> Value {
 #[test]
 fn a_panic_mid_job_is_internal_and_the_model_reloads_clean() {
     let cache = tempfile::tempdir().unwrap();
-    let runtime = tiny_runtime(cache.path());
+    let runtime = tiny_runtime(cache.path(), "");
     runtime.preload().unwrap();
     assert_eq!(runtime.loads(), 1);
     let run = |input: &Value| handler::execute(&runtime, input, &|_, _| {}, &CancelFlag::new());
@@ -77,7 +53,7 @@ fn a_panic_mid_job_is_internal_and_the_model_reloads_clean() {
 #[test]
 fn pixel_budgets_refuse_jobs_before_any_work() {
     let cache = tempfile::tempdir().unwrap();
-    let runtime = tiny_runtime(cache.path()).with_budgets(Budgets {
+    let runtime = tiny_runtime(cache.path(), "").with_budgets(Budgets {
         max_pixels: 96 * 96,
         max_batch_pixels: 3 * 64 * 64,
     });
@@ -112,7 +88,7 @@ async fn tiny_handler() -> (tempfile::TempDir, Arc<dyn JobHandler>) {
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().to_path_buf();
     let runtime = tokio::task::spawn_blocking(move || {
-        let r = tiny_runtime(&dir);
+        let r = tiny_runtime(&dir, "");
         r.preload().unwrap();
         r
     })
@@ -197,7 +173,7 @@ async fn a_result_post_outage_of_a_minute_is_survived() {
 
 fn real_worker(dir: &Path, fake: &FakeRunpod) -> Command {
     let toml = dir.join("models.toml");
-    std::fs::write(&toml, tiny_models_text(&dir.join("cache"))).unwrap();
+    std::fs::write(&toml, tiny_models_text(&dir.join("cache"), "")).unwrap();
     let mut c = Command::new(BIN);
     for (k, _) in std::env::vars() {
         if k.starts_with("RUNPOD_") || k.starts_with("SDXL_") {
@@ -419,7 +395,7 @@ async fn sigterm_mid_download_exits_zero_without_taking_a_job() {
 async fn sigterm_stops_the_local_api_within_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let toml = dir.path().join("models.toml");
-    std::fs::write(&toml, tiny_models_text(&dir.path().join("cache"))).unwrap();
+    std::fs::write(&toml, tiny_models_text(&dir.path().join("cache"), "")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -2,41 +2,23 @@
 //! shapes of the runpod SDK's `Endpoint` client and A1111's `webuiapi`, JSON content types,
 //! capped job records, and a client that disconnects cancelling its job.
 
+mod tiny_runtime;
+use tiny_runtime::tiny_runtime;
+
 use sdxl_worker::api::{self, ApiConfig};
 use sdxl_worker::handler::{JobHandler, StubHandler};
-use sdxl_worker::models::ModelsConfig;
-use sdxl_worker::runtime::ModelRuntime;
 use sdxl_worker::upload::Secret;
 use serde_json::{json, Value};
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "api-token-4c3b2a19";
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
+/// The real model handler on the tiny fixture checkpoint.
 fn tiny_handler(cache: &Path) -> Arc<dyn JobHandler> {
-    let fx = fixtures();
-    let text = format!(
-        "cache_dir = \"{}\"\n\n[[checkpoints]]\nname = \"Tiny SDXL\"\ndefault = true\n\
-         path = \"{}\"\nconfig = \"{}\"\n",
-        cache.display(),
-        fx.join("tiny-sdxl-single-file.safetensors").display(),
-        fx.join("tiny-sdxl").display(),
-    );
-    let config = ModelsConfig::from_toml_str(&text, &cache.join("models.toml")).unwrap();
-    Arc::new(
-        ModelRuntime::new(
-            Some(config),
-            candle_core::Device::Cpu,
-            candle_core::DType::F32,
-        )
-        .unwrap(),
-    )
+    Arc::new(tiny_runtime(cache, ""))
 }
 
 fn slow_stub(step_ms: u64) -> Arc<dyn JobHandler> {

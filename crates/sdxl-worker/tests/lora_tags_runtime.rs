@@ -2,51 +2,26 @@
 //! the same LoRA sent in the `loras` field (with the tag-free prompt), sets switch in place
 //! between jobs, and the reply carries the prompt as written plus `Lora hashes`.
 
+mod tiny_runtime;
+use tiny_runtime::{fixtures, tiny_runtime};
+
 use base64::Engine as _;
 use sdxl_worker::handler::{self, CancelFlag};
-use sdxl_worker::models::ModelsConfig;
 use sdxl_worker::protocol::JobOutput;
 use sdxl_worker::runtime::ModelRuntime;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
+/// The tiny runtime with the kohya fixture LoRA as "Tiny Kohya".
 fn runtime(cache: &Path) -> ModelRuntime {
-    let fx = fixtures();
-    let lora = fx.join("tiny-lora-kohya.safetensors");
+    let lora = fixtures().join("tiny-lora-kohya.safetensors");
     let sha = hex::encode(Sha256::digest(std::fs::read(&lora).unwrap()));
-    let text = format!(
-        r#"
-cache_dir = "{cache}"
-
-[[checkpoints]]
-name = "Tiny SDXL"
-path = "{file}"
-config = "{config}"
-
-[[loras]]
-name = "Tiny Kohya"
-path = "{lora}"
-sha256 = "{sha}"
-scale = 1.0
-"#,
-        cache = cache.display(),
-        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
-        config = fx.join("tiny-sdxl").display(),
-        lora = lora.display(),
+    let extra = format!(
+        "[[loras]]\nname = \"Tiny Kohya\"\npath = \"{}\"\nsha256 = \"{sha}\"\nscale = 1.0\n",
+        lora.display()
     );
-    let config =
-        ModelsConfig::from_toml_str(&text, &cache.join("models.toml")).expect("models.toml");
-    ModelRuntime::new(
-        Some(config),
-        candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .expect("runtime")
+    tiny_runtime(cache, &extra)
 }
 
 fn run(rt: &ModelRuntime, input: Value) -> JobOutput {

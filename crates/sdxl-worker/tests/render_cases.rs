@@ -15,101 +15,9 @@
 //! `scripts/fixtures/make_lora_tag_renders.py` (A1111's tag parse + diffusers per-component
 //! LoRA weights).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod render_support;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// Splits a line written by bash `printf %q` (backslash escapes, no quotes) into words.
-fn split_q(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars();
-    let mut in_word = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                    in_word = true;
-                }
-            }
-            ' ' if in_word => {
-                words.push(std::mem::take(&mut cur));
-                in_word = false;
-            }
-            ' ' => {}
-            c => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    words
-}
-
-fn rgb(path: &Path) -> (u32, u32, Vec<u8>) {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    (img.width(), img.height(), img.into_raw())
-}
-
-fn psnr_and_max(a: &[u8], b: &[u8]) -> (f64, u8) {
-    let mut se = 0f64;
-    let mut max = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        let d = x.abs_diff(*y);
-        max = max.max(d);
-        se += f64::from(d) * f64::from(d);
-    }
-    let mse = se / a.len() as f64;
-    let psnr = if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    };
-    (psnr, max)
-}
-
-/// Runs one case and returns (PSNR, max |Δ|) against its reference.
-fn run_case(name: &str, words: &[String], out_dir: &Path) -> (f64, u8) {
-    let fx = fixtures();
-    let args: Vec<String> = words
-        .iter()
-        .map(|w| {
-            if let Some(rest) = w.strip_prefix("data/renders/") {
-                out_dir.join(rest).to_string_lossy().into_owned()
-            } else if let Some(rest) = w.strip_prefix("data/") {
-                fx.join(rest).to_string_lossy().into_owned()
-            } else {
-                w.clone()
-            }
-        })
-        .collect();
-    let output = Command::new(env!("CARGO_BIN_EXE_sdxl-worker"))
-        .args(&args)
-        // No models.toml unless the case names one: the checkpoint is given as a path.
-        .env_remove("SDXL_MODELS_TOML")
-        .env("SDXL_CACHE_DIR", out_dir.join("cache"))
-        .current_dir(out_dir)
-        .output()
-        .expect("run sdxl-worker");
-    assert!(
-        output.status.success(),
-        "{name}: render failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (w1, h1, reference) = rgb(&fx.join(format!("renders/{name}.png")));
-    let (w2, h2, ours) = rgb(&out_dir.join(format!("{name}.png")));
-    assert_eq!((w1, h1), (w2, h2), "{name}: size");
-    psnr_and_max(&reference, &ours)
-}
+use render_support::{assert_render_matches, case_args, fixtures, read_cases, run_render, Quoting};
 
 fn cases() -> Vec<(String, Vec<String>)> {
     cases_in("cases.txt")
@@ -117,16 +25,7 @@ fn cases() -> Vec<(String, Vec<String>)> {
 
 /// The cases of one list file under `tests/fixtures/renders/`.
 fn cases_in(file: &str) -> Vec<(String, Vec<String>)> {
-    let text = std::fs::read_to_string(fixtures().join("renders").join(file))
-        .unwrap_or_else(|e| panic!("{file}: {e}"));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let mut words = split_q(l);
-            let name = words.remove(0);
-            (name, words)
-        })
-        .collect()
+    read_cases(&format!("renders/{file}"), Quoting::PrintfQ)
 }
 
 fn check(names: &[&str]) {
@@ -136,16 +35,12 @@ fn check(names: &[&str]) {
 fn check_in(file: &str, names: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let all = cases_in(file);
-    for want in names {
-        let (name, words) = all
-            .iter()
-            .find(|(n, _)| n == want)
-            .unwrap_or_else(|| panic!("case {want} not in {file}"));
-        let (psnr, max) = run_case(name, words, dir.path());
-        eprintln!("{name}: PSNR {psnr:.2} dB, max |Δ| {max}");
-        assert!(
-            psnr >= 60.0 && max <= 2,
-            "{name}: PSNR {psnr:.2} dB, max |Δ| {max}"
+    for name in names {
+        run_render(name, case_args(&all, name), dir.path());
+        assert_render_matches(
+            name,
+            &fixtures().join(format!("renders/{name}.png")),
+            &dir.path().join(format!("{name}.png")),
         );
     }
 }
@@ -153,7 +48,7 @@ fn check_in(file: &str, names: &[&str]) {
 #[test]
 fn q_splitting_undoes_printf_q() {
     assert_eq!(
-        split_q(r"render --prompt a\ b\,\ c --steps 6"),
+        render_support::split_printf_q(r"render --prompt a\ b\,\ c --steps 6"),
         vec!["render", "--prompt", "a b, c", "--steps", "6"]
     );
 }
@@ -231,7 +126,7 @@ fn renders_lora_prompt_tags() {
     let dir = tempfile::tempdir().expect("tempdir");
     let all = cases_in("lora_tag_cases.txt");
     let (name, words) = &all[0];
-    run_case(name, words, dir.path());
+    run_render(name, words, dir.path());
     let bytes = std::fs::read(dir.path().join("lora_tag.png")).expect("png");
     let info = sdxl_pipeline::output::read_png_parameters(&bytes)
         .expect("png text")

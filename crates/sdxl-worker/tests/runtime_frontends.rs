@@ -2,52 +2,17 @@
 //! spelling the job used), the A1111 route's `concat` default, and pipeline config failures that
 //! are the operator's problem, not the client's — all on the real model handler (tiny fixture).
 
+mod tiny_runtime;
+use tiny_runtime::{fixtures, tiny_runtime};
+
 use base64::Engine as _;
 use sdxl_pipeline::output::read_png_parameters;
 use sdxl_worker::api::{self, ApiConfig};
 use sdxl_worker::catalog::Catalog;
 use sdxl_worker::error::ErrorCode;
 use sdxl_worker::handler::{self, CancelFlag, JobHandler, StubHandler};
-use sdxl_worker::models::ModelsConfig;
-use sdxl_worker::runtime::ModelRuntime;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// A models.toml serving the tiny fixture checkpoint from `cache`, followed by `extra` TOML.
-fn tiny_models_toml(cache: &Path, extra: &str) -> ModelsConfig {
-    let fx = fixtures();
-    let text = format!(
-        r#"
-cache_dir = "{cache}"
-
-[[checkpoints]]
-name = "Tiny SDXL"
-default = true
-path = "{file}"
-config = "{config}"
-{extra}
-"#,
-        cache = cache.display(),
-        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
-        config = fx.join("tiny-sdxl").display(),
-    );
-    ModelsConfig::from_toml_str(&text, &cache.join("models.toml")).expect("models.toml")
-}
-
-fn tiny_runtime(cache: &Path, extra: &str) -> ModelRuntime {
-    let config = tiny_models_toml(cache, extra);
-    ModelRuntime::new(
-        Some(config),
-        candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .expect("runtime")
-}
 
 /// The `Sampler` and `Schedule type` fields of an infotext.
 fn sampler_fields(info: &str) -> (String, String) {

@@ -1,37 +1,14 @@
 //! End to end with the tiny fixture model: models.toml → model-backed handler → local API
 //! `runsync` → base64 PNG whose `parameters` chunk carries the A1111 infotext.
 
+mod tiny_runtime;
+use tiny_runtime::{fixtures, tiny_models_toml};
+
 use sdxl_worker::api::{self, ApiConfig};
 use sdxl_worker::handler::JobHandler;
-use sdxl_worker::models::ModelsConfig;
 use sdxl_worker::runtime::ModelRuntime;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::sync::Arc;
-
-fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// A models.toml serving the tiny fixture checkpoint from `cache`, followed by `extra` TOML.
-fn tiny_models_toml(cache: &Path, extra: &str) -> ModelsConfig {
-    let fx = fixtures();
-    let text = format!(
-        r#"
-cache_dir = "{cache}"
-
-[[checkpoints]]
-name = "Tiny SDXL"
-path = "{file}"
-config = "{config}"
-{extra}
-"#,
-        cache = cache.display(),
-        file = fx.join("tiny-sdxl-single-file.safetensors").display(),
-        config = fx.join("tiny-sdxl").display(),
-    );
-    ModelsConfig::from_toml_str(&text, &cache.join("models.toml")).expect("models.toml")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsync_returns_png_with_infotext() {

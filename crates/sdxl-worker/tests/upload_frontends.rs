@@ -2,12 +2,15 @@
 //! tiny fixture model) against a real S3 server (`s3s-fs`, `s3_support`): the RunPod loop
 //! (`runpod::serve` with the fake RunPod server) and the local API's RunPod and A1111 routes.
 
+mod tiny_runtime;
+use tiny_runtime::{fixtures, tiny_runtime};
+
 mod common;
 #[path = "s3_support/mod.rs"]
 mod s3_support;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -16,9 +19,7 @@ use common::{job, wait_until, FakeRunpod, Reply};
 use s3_support::{S3Server, KEY_ID, SECRET};
 use sdxl_worker::api::{self, ApiConfig};
 use sdxl_worker::handler::JobHandler;
-use sdxl_worker::models::ModelsConfig;
 use sdxl_worker::runpod::{serve, RunpodConfig, Shutdown};
-use sdxl_worker::runtime::ModelRuntime;
 use sdxl_worker::upload::{BlockingUploader, BucketConfig, RetryPolicy, Uploader};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -26,31 +27,12 @@ use tracing_subscriber::EnvFilter;
 
 const LONG: Duration = Duration::from_secs(120);
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// The model runtime on the tiny fixture checkpoint (a models.toml entry by path).
-fn tiny_handler(cache: &Path) -> Arc<dyn JobHandler> {
-    let fx = fixtures();
-    let text = format!(
-        "cache_dir = \"{}\"\n\n[[checkpoints]]\nname = \"Tiny SDXL\"\ndefault = true\n\
-         path = \"{}\"\nconfig = \"{}\"\n",
-        cache.display(),
-        fx.join("tiny-sdxl-single-file.safetensors").display(),
-        fx.join("tiny-sdxl").display(),
-    );
-    let config = ModelsConfig::from_toml_str(&text, &cache.join("models.toml")).unwrap();
-    let runtime = ModelRuntime::new(
-        Some(config),
-        candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .unwrap();
-    Arc::new(runtime)
-}
-
 /// A small real job; `extra` fields are added.
+/// The real model handler on the tiny fixture checkpoint.
+fn tiny_handler(cache: &Path) -> Arc<dyn JobHandler> {
+    Arc::new(tiny_runtime(cache, ""))
+}
+
 fn input(extra: Value) -> Value {
     let mut v = json!({"prompt": "a red cube", "steps": 2, "width": 64, "height": 64,
         "seed": 5, "sampler_name": "Euler"});

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::img2img::{hires_steps, require_k_diffusion, sample_img2img};
 use super::{
@@ -20,7 +20,6 @@ use crate::noise::{TorchGenerator, TorchNoiseSource};
 use crate::output::RgbImage;
 use crate::prompt::PromptOptions;
 use crate::sampling::{self, SamplerChoice};
-use crate::vae;
 use crate::{PipelineError, Result};
 
 /// Latent-space pixels per latent pixel (A1111 `opt_f`).
@@ -250,14 +249,9 @@ impl SdxlModel {
     /// Latents → RGB as A1111 hands them to a pixel upscaler: `uint8(255 · clamp((x+1)/2, 0, 1))`
     /// (truncating, unlike the final decode).
     fn decode_truncating(&self, latents: &Tensor) -> Result<RgbImage> {
-        let scaled = (latents.to_dtype(DType::F32)?
-            / self.checkpoint.configs().vae.scaling_factor)?
-            .to_dtype(self.vae.dtype())?;
-        let image = vae::decode_checked(&self.vae, &scaled, || {
-            self.checkpoint.load_vae(DType::F32, &self.options.device)
-        })?;
+        let image = self.decode_raw(latents)?;
         let (_, _, h, w) = image.dims4()?;
-        let f = ((image.to_dtype(DType::F32)? + 1.0)? / 2.0)?
+        let f = ((image + 1.0)? / 2.0)?
             .clamp(0f32, 1f32)?
             .squeeze(0)?
             .permute((1, 2, 0))?
@@ -322,27 +316,30 @@ impl SdxlModel {
 
         let started = Instant::now();
         let device = &self.options.device;
-        let options = |steps: usize, second_order: bool| PromptOptions {
+        let options = |steps: usize, second_order: bool, hires_base_steps| PromptOptions {
             mode: req.prompt_mode,
             clip_skip: req.clip_skip,
             emphasis: req.emphasis,
             steps: crate::prompt::schedule_steps(steps, second_order),
+            hires_base_steps,
         };
+        let first = options(req.steps as usize, choice.second_order, None);
         let cond = self.prompt_encoder.scheduled_conditioning(
             &req.prompt,
             req.negative_prompt.as_deref(),
-            options(req.steps as usize, choice.second_order),
+            first,
         )?;
         let prompt2 = hires.prompt.as_deref().unwrap_or(&req.prompt);
         let negative2 = match &hires.negative_prompt {
             Some(n) => Some(n.as_str()),
             None => req.negative_prompt.as_deref(),
         };
-        // The hires pass has its own prompt schedules, on its own steps (A1111 hr conds).
+        // The hires pass has its own prompt schedules on its own steps, continuing the first
+        // pass's timeline (A1111 `calculate_hr_conds`: base steps = `firstpass_steps`).
         let cond2 = self.prompt_encoder.scheduled_conditioning(
             prompt2,
             negative2,
-            options(steps2, choice2.second_order),
+            options(steps2, choice2.second_order, Some(first.steps)),
         )?;
         let mut warnings = cond.warnings.clone();
         for w in &cond2.warnings {

@@ -227,6 +227,7 @@ impl SdxlModel {
                 clip_skip: req.clip_skip,
                 emphasis: req.emphasis,
                 steps: crate::prompt::schedule_steps(req.steps as usize, choice.second_order),
+                hires_base_steps: None,
             },
         )?;
         let (warnings, used_embeddings) = (cond.warnings.clone(), cond.used_embeddings.clone());

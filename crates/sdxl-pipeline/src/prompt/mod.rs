@@ -13,7 +13,9 @@ mod weighted;
 pub use chunks::{a1111_chunks, blend_chunks, COMMA_BACKTRACK};
 pub use emphasis::{infotext_value as emphasis_infotext, Emphasis};
 pub use parser::{parse_prompt_attention, split_break, Segment, BREAK_WEIGHT};
-pub use schedule::{entry_index, prompt_schedule, schedule_steps, ScheduleEntry};
+pub use schedule::{
+    entry_index, prompt_schedule, prompt_schedule_hires, schedule_steps, ScheduleEntry,
+};
 pub use scheduled::{PromptOptions, PromptSchedule, ScheduledConditioning};
 pub use tokens::{ChunkedPrompt, EncodingKind, PromptTokenizer};
 pub use weighted::{

@@ -262,13 +262,25 @@ fn signed_number_len(b: &[u8]) -> Option<usize> {
     Some(j)
 }
 
-/// The step a `when` stands for: with a `.` a fraction of `steps`, else a step number;
-/// `min(steps, int(v))` (Python `int` truncates toward zero).
-fn when_step(when: When, steps: usize) -> i64 {
+/// Where a schedule's `when` values count from: A1111's `(steps, int_offset, flt_offset)` of
+/// `get_learned_conditioning_prompt_schedules` (new scheduling).
+#[derive(Debug, Clone, Copy)]
+struct Timeline {
+    steps: usize,
+    /// Subtracted from step numbers (the first pass's total steps in a hires pass).
+    int_offset: f64,
+    /// Subtracted from fractions (1.0 in a hires pass: `1.5` is half-way through it).
+    flt_offset: f64,
+}
+
+/// The step a `when` stands for: with a `.` a fraction of the steps, else a step number, both
+/// after the timeline's offsets; `min(steps, int(v))` (Python `int` truncates toward zero).
+fn when_step(when: When, tl: Timeline) -> i64 {
+    let steps = tl.steps;
     let v = if when.has_dot {
-        when.value * steps as f64
+        (when.value - tl.flt_offset) * steps as f64
     } else {
-        when.value
+        when.value - tl.int_offset
     };
     let v = v.trunc();
     let steps = steps as i64;
@@ -281,7 +293,7 @@ fn when_step(when: When, steps: usize) -> i64 {
     }
 }
 
-fn collect_steps(nodes: &[Node], steps: usize, res: &mut Vec<i64>) {
+fn collect_steps(nodes: &[Node], tl: Timeline, res: &mut Vec<i64>) {
     for node in nodes {
         match node {
             Node::Text(_) => {}
@@ -290,24 +302,24 @@ fn collect_steps(nodes: &[Node], steps: usize, res: &mut Vec<i64>) {
                 after,
                 when,
             } => {
-                let s = when_step(*when, steps);
+                let s = when_step(*when, tl);
                 if s >= 1 {
                     res.push(s);
                 }
-                collect_steps(before, steps, res);
-                collect_steps(after, steps, res);
+                collect_steps(before, tl, res);
+                collect_steps(after, tl, res);
             }
             Node::Alternate(options) => {
-                res.extend(1..=steps as i64);
+                res.extend(1..=tl.steps as i64);
                 for o in options {
-                    collect_steps(o, steps, res);
+                    collect_steps(o, tl, res);
                 }
             }
         }
     }
 }
 
-fn render(nodes: &[Node], step: i64, steps: usize, out: &mut String) {
+fn render(nodes: &[Node], step: i64, tl: Timeline, out: &mut String) {
     for node in nodes {
         match node {
             Node::Text(t) => out.push_str(t),
@@ -316,17 +328,17 @@ fn render(nodes: &[Node], step: i64, steps: usize, out: &mut String) {
                 after,
                 when,
             } => {
-                let chosen = if step <= when_step(*when, steps) {
+                let chosen = if step <= when_step(*when, tl) {
                     before
                 } else {
                     after
                 };
-                render(chosen, step, steps, out);
+                render(chosen, step, tl, out);
             }
             Node::Alternate(options) => {
                 let n = options.len() as i64;
                 let idx = (step - 1).rem_euclid(n) as usize;
-                render(&options[idx], step, steps, out);
+                render(&options[idx], step, tl, out);
             }
         }
     }
@@ -336,6 +348,37 @@ fn render(nodes: &[Node], step: i64, steps: usize, out: &mut String) {
 /// hires steps): the distinct switching steps in ascending order (always ending with `steps`)
 /// with the prompt text in force up to each.
 pub fn prompt_schedule(prompt: &str, steps: usize) -> Vec<ScheduleEntry> {
+    schedule_on(
+        prompt,
+        Timeline {
+            steps,
+            int_offset: 0.0,
+            flt_offset: 0.0,
+        },
+    )
+}
+
+/// The hires pass's schedule: A1111 `get_learned_conditioning_prompt_schedules([prompt],
+/// base_steps, hires_steps)[0]` with `base_steps` = the first pass's total steps. Prompt editing
+/// continues the first pass's timeline: `[a:b:0.5]` is already `b`, `[a:b:1.5]` switches half-way
+/// through the hires pass, a step number counts from the first pass's start.
+pub fn prompt_schedule_hires(
+    prompt: &str,
+    base_steps: usize,
+    hires_steps: usize,
+) -> Vec<ScheduleEntry> {
+    schedule_on(
+        prompt,
+        Timeline {
+            steps: hires_steps,
+            int_offset: base_steps as f64,
+            flt_offset: 1.0,
+        },
+    )
+}
+
+fn schedule_on(prompt: &str, tl: Timeline) -> Vec<ScheduleEntry> {
+    let steps = tl.steps;
     let parser = Parser {
         s: prompt,
         b: prompt.as_bytes(),
@@ -347,14 +390,14 @@ pub fn prompt_schedule(prompt: &str, steps: usize) -> Vec<ScheduleEntry> {
         }];
     };
     let mut points = vec![steps as i64];
-    collect_steps(&nodes, steps, &mut points);
+    collect_steps(&nodes, tl, &mut points);
     points.sort_unstable();
     points.dedup();
     points
         .into_iter()
         .map(|t| {
             let mut text = String::new();
-            render(&nodes, t, steps, &mut text);
+            render(&nodes, t, tl, &mut text);
             ScheduleEntry {
                 end_at_step: usize::try_from(t).unwrap_or(0),
                 text,
@@ -433,6 +476,15 @@ mod tests {
             .map(|s| (s, if s % 4 == 1 { "female" } else { "male" }.to_string()))
             .collect();
         assert_eq!(g("[fe|||]male"), fe3);
+        // The hires doctests: `get_learned_conditioning_prompt_schedules([p], 10, 10)`.
+        let h = |p: &str| -> Vec<(usize, String)> {
+            prompt_schedule_hires(p, 10, 10)
+                .into_iter()
+                .map(|e| (e.end_at_step, e.text))
+                .collect()
+        };
+        assert_eq!(h("a [b:.5] c"), v(&[(10, "a b c")]));
+        assert_eq!(h("a [b:1.5] c"), v(&[(5, "a  c"), (10, "a b c")]));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 
 use super::emphasis::{self, Emphasis};
 use super::parser::{parse_prompt_attention, Segment};
-use super::schedule::prompt_schedule;
+use super::schedule::{prompt_schedule, prompt_schedule_hires};
 use super::weighted::{
     segment_ids, tokenize_line_ids, EmbeddingMatcher, LineOptions, WeightedChunk,
 };
@@ -30,6 +30,9 @@ pub struct PromptOptions {
     pub emphasis: Emphasis,
     /// A1111's `total_steps` the schedules are built on (see [`super::schedule_steps`]).
     pub steps: usize,
+    /// In a hires pass, the first pass's total steps (A1111 `firstpass_steps`): the schedules
+    /// then continue the first pass's timeline ([`super::prompt_schedule_hires`]).
+    pub hires_base_steps: Option<usize>,
 }
 
 /// The encodings of one prompt over a job: schedule entry `j` uses `encodings[entries[j].1]`
@@ -161,7 +164,10 @@ impl PromptEncoder {
         opts: PromptOptions,
         used: &mut BTreeSet<String>,
     ) -> Result<(PromptSchedule, Vec<String>)> {
-        let schedule = prompt_schedule(text, opts.steps.max(1));
+        let schedule = match opts.hires_base_steps {
+            Some(base) => prompt_schedule_hires(text, base, opts.steps.max(1)),
+            None => prompt_schedule(text, opts.steps.max(1)),
+        };
         let mut distinct: Vec<(String, usize)> = Vec::new();
         let mut entries = Vec::with_capacity(schedule.len());
         for e in &schedule {

@@ -6,9 +6,11 @@
 //! own id 0 there (diffusers issue #4153); we keep that quirk, since HF ids are what diffusers feeds
 //! the encoders.
 
+mod ascii_words;
+
 use std::sync::OnceLock;
 
-use tokenizers::Tokenizer;
+use tokenizers::{Model, Tokenizer};
 
 use crate::{PipelineError, Result};
 
@@ -21,8 +23,8 @@ pub const SEQ_LEN: usize = 77;
 /// Content tokens that fit in one sequence between BOS and EOS.
 pub const CHUNK_LEN: usize = SEQ_LEN - 2;
 
-const CLIP_L_JSON: &[u8] = include_bytes!("../assets/tokenizer/tokenizer.json");
-const CLIP_G_JSON: &[u8] = include_bytes!("../assets/tokenizer_2/tokenizer.json");
+const CLIP_L_JSON: &[u8] = include_bytes!("../../assets/tokenizer/tokenizer.json");
+const CLIP_G_JSON: &[u8] = include_bytes!("../../assets/tokenizer_2/tokenizer.json");
 
 /// Which of the two SDXL tokenizers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +141,37 @@ impl ClipTokenizer {
 
     /// Token ids of the whole text without BOS/EOS and without truncation.
     pub fn content_ids(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(ids) = self.ascii_content_ids(text)? {
+            return Ok(ids);
+        }
         if text.contains("<|") {
             self.content_ids_exact(text)
         } else {
             encode_with(&self.primary, text)
         }
+    }
+
+    /// Plain ASCII text: CLIP's split done by hand and each word through the BPE model alone
+    /// (see [`ascii_words`]); `None` for other text, and for tokenizer 2's special `!`.
+    fn ascii_content_ids(&self, text: &str) -> Result<Option<Vec<u32>>> {
+        if self.kind == TokenizerKind::ClipG && text.contains('!') {
+            return Ok(None);
+        }
+        let Some(ascii_words::AsciiWords { lower, words }) = ascii_words::ascii_words(text) else {
+            return Ok(None);
+        };
+        let model = self.primary.get_model();
+        let mut ids = Vec::with_capacity(words.len() + words.len() / 2);
+        for (start, end) in words {
+            // The bytes are ASCII, so every range is valid UTF-8.
+            let word = std::str::from_utf8(&lower[start..end])
+                .map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
+            let tokens = model
+                .tokenize(word)
+                .map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
+            ids.extend(tokens.iter().map(|t| t.id));
+        }
+        Ok(Some(ids))
     }
 
     /// diffusers' `tokenizer(text, padding="max_length", max_length=77, truncation=True)`:
