@@ -1,7 +1,7 @@
 //! Inpainting image operations against A1111 1.10 run on Pillow 9.5 / OpenCV themselves
 //! (`tests/fixtures/inpaint_ops/`, `scripts/fixtures/make_inpaint_ops_fixtures.py`).
-//! Tolerance: bit-exact everywhere (the ports reproduce the libraries' integer arithmetic),
-//! except JPEG masks (different JPEG decoders; see `decode_mask_matches_a1111`).
+//! Tolerance: bit-exact everywhere (the ports reproduce the libraries' integer arithmetic), except
+//! JPEG masks, whose decoders differ (≤ 1, see `decode_mask_matches_a1111`).
 
 use std::collections::HashMap;
 
@@ -105,9 +105,9 @@ fn decode_mask_matches_a1111() {
             let got = decode_mask_field("mask", &text, ImageLimits::default()).unwrap();
             assert_eq!((got.width, got.height), (expected.width, expected.height));
             let (n, max) = diff(&got.pixels, &expected.pixels);
-            // libjpeg-turbo (Pillow) and zune-jpeg (the `image` crate) round the IDCT and the
-            // chroma upsampling differently.
-            let tol = if file.ends_with(".jpg") { 2 } else { 0 };
+            // JPEG: libjpeg-turbo (Pillow) and zune-jpeg (the `image` crate) round the IDCT
+            // differently: measured 12 of 1536 bytes off by 1 on `l.jpg`.
+            let tol = if file.ends_with(".jpg") { 1 } else { 0 };
             assert!(
                 max <= tol,
                 "{file} ({}): {n} bytes differ, max {max}",
@@ -139,7 +139,13 @@ fn invert_matches_pillow() {
     let fx = fixture();
     for case in fx.cases("invert") {
         let got = invert_mask(&fx.gray(s(case, "mask")));
-        assert_eq!(got, fx.gray(s(case, "expected")));
+        let expected = fx.gray(s(case, "expected"));
+        assert_eq!(
+            diff(&got.pixels, &expected.pixels),
+            (0, 0),
+            "{}",
+            s(case, "expected")
+        );
     }
 }
 
@@ -165,11 +171,18 @@ fn blur_matches_opencv_bit_exact() {
 #[test]
 fn crop_regions_match_a1111() {
     let fx = fixture();
-    for case in fx.cases("crop_region") {
+    let cases = fx.cases("crop_region");
+    assert_eq!(cases.len(), 20);
+    for case in cases {
         let got = crop_region(&fx.gray(s(case, "mask")), u(&case["padding"]));
         let expected = (!case["expected"].is_null()).then(|| region(&case["expected"]));
         assert_eq!(got, expected, "{case}");
     }
+}
+
+#[test]
+fn expand_crop_regions_match_a1111() {
+    let fx = fixture();
     let cases = fx.cases("expand_crop_region");
     assert_eq!(cases.len(), 60);
     for case in cases {
@@ -183,15 +196,35 @@ fn crop_regions_match_a1111() {
         );
         assert_eq!(got, region(&case["expected"]), "{case}");
     }
+}
+
+#[test]
+fn crops_match_pillow() {
+    let fx = fixture();
     for case in fx.cases("crop") {
         let r = region(&case["region"]);
+        let rgb = crop_rgb(&fx.rgb(s(case, "image")), r);
+        let expected = fx.rgb(s(case, "expected_rgb"));
+        assert_eq!((rgb.width, rgb.height), (expected.width, expected.height));
+        assert_eq!(diff(&rgb.pixels, &expected.pixels), (0, 0), "{case}");
+        let gray = crop_gray(&fx.gray(s(case, "mask")), r);
+        let expected = fx.gray(s(case, "expected_gray"));
+        assert_eq!((gray.width, gray.height), (expected.width, expected.height));
+        assert_eq!(diff(&gray.pixels, &expected.pixels), (0, 0), "{case}");
+    }
+}
+
+#[test]
+fn doubled_overlay_mask_matches_a1111() {
+    let fx = fixture();
+    for case in fx.cases("double") {
+        let got = mask_for_overlay_full(&fx.gray(s(case, "mask")));
+        let expected = fx.gray(s(case, "expected"));
         assert_eq!(
-            crop_rgb(&fx.rgb(s(case, "image")), r),
-            fx.rgb(s(case, "expected_rgb"))
-        );
-        assert_eq!(
-            crop_gray(&fx.gray(s(case, "mask")), r),
-            fx.gray(s(case, "expected_gray"))
+            diff(&got.pixels, &expected.pixels),
+            (0, 0),
+            "{}",
+            s(case, "expected")
         );
     }
 }
@@ -199,11 +232,9 @@ fn crop_regions_match_a1111() {
 #[test]
 fn overlay_matches_a1111() {
     let fx = fixture();
-    for case in fx.cases("double") {
-        let got = mask_for_overlay_full(&fx.gray(s(case, "mask")));
-        assert_eq!(got, fx.gray(s(case, "expected")), "{}", s(case, "expected"));
-    }
-    for case in fx.cases("overlay") {
+    let cases = fx.cases("overlay");
+    assert_eq!(cases.len(), 6);
+    for case in cases {
         let got = overlay_for(&fx.rgb(s(case, "image")), &fx.gray(s(case, "mask")));
         let expected = fx.rgba(s(case, "expected"));
         assert_eq!(
@@ -213,6 +244,11 @@ fn overlay_matches_a1111() {
             s(case, "expected")
         );
     }
+}
+
+#[test]
+fn apply_overlay_matches_a1111() {
+    let fx = fixture();
     let mut with_loc = 0;
     for case in fx.cases("apply_overlay") {
         let loc = case["paste_loc"]
