@@ -21,9 +21,11 @@ use crate::vae::{self, AutoencoderKl};
 use crate::{PipelineError, Result};
 
 mod hires;
+mod image_conditioning;
 mod img2img;
 
 pub use hires::{upscale_pixels, HiresParams, HiresTarget, HiresUpscaler};
+pub use image_conditioning::DEFAULT_INPAINTING_MASK_WEIGHT;
 pub use img2img::{hires_steps, img2img_steps, Img2ImgParams, DEFAULT_DENOISING_STRENGTH};
 
 /// Default number of denoising steps.
@@ -322,6 +324,7 @@ impl SdxlModel {
         )?;
         let used_embeddings = cond.used_embeddings.clone();
         let mut denoiser = CfgDenoiser::new(self, cond, req)?;
+        denoiser.image_cond = self.txt2img_image_cond(req.width, req.height)?;
         let device = &self.options.device;
         let encode_ms = synced_ms_since(device, started)?;
 
@@ -480,6 +483,9 @@ struct CfgDenoiser<'a> {
     /// The positive prompt's denoised prediction of the last guided call (A1111's
     /// `last_latent`, read by `/interrupt`).
     last_cond: Option<Tensor>,
+    /// `[1, 5, h, w]` image conditioning of a 9-channel inpainting UNet (A1111 `c_concat`),
+    /// appended to the c_in-scaled latent of both CFG halves ([`image_conditioning`]).
+    image_cond: Option<Tensor>,
 }
 
 impl<'a> CfgDenoiser<'a> {
@@ -505,6 +511,7 @@ impl<'a> CfgDenoiser<'a> {
             cfg_scale: req.cfg_scale,
             guided: req.cfg_scale > 1.0,
             last_cond: None,
+            image_cond: None,
         };
         // The first pair is prepared up front (prompt encoding time, not sampling time).
         denoiser.prepared_index(denoiser.conds.pair_at(0))?;
@@ -551,6 +558,10 @@ impl Denoiser for CfgDenoiser<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
         let x_in = x.affine(sampling::c_in(sigma), 0.0)?;
+        let x_in = match &self.image_cond {
+            Some(c) => Tensor::cat(&[&x_in, c], 1)?,
+            None => x_in,
+        };
         let x_in = if self.guided {
             Tensor::cat(&[&x_in, &x_in], 0)?
         } else {

@@ -40,6 +40,9 @@ pub struct JobOutput {
     pub warnings: Vec<String>,
     /// Phase timings.
     pub timings: Timings,
+    /// A1111's `is_using_inpainting_conditioning` (not part of the RunPod output).
+    #[serde(skip)]
+    pub inpainting_conditioning: bool,
 }
 
 /// The JSON body a finished job is reported with (SPEC §4): `{"output": <JobOutput>}` on

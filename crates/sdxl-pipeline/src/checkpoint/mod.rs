@@ -6,6 +6,7 @@ mod backend;
 mod configs;
 mod header;
 mod host_alloc;
+mod in_channels;
 mod merge;
 mod names;
 mod vae_file;
@@ -156,6 +157,10 @@ impl Checkpoint {
                 (files, maps, configs, false)
             }
         };
+        // The UNet's input channels come from its `conv_in` weight (4, or 9 for inpainting
+        // checkpoints), not from the config (SPEC §13).
+        configs.unet.in_channels =
+            in_channels::unet_in_channels(&maps[Component::Unet.index()], &files)?;
         if let Some(vae) = vae {
             let file = SafetensorsFile::open(&vae.path)?;
             let levels = configs.vae.block_out_channels.len();
@@ -180,6 +185,12 @@ impl Checkpoint {
     /// The architecture configs.
     pub fn configs(&self) -> &SdxlConfigs {
         &self.configs
+    }
+
+    /// Whether the UNet takes 9 input channels (an SDXL inpainting checkpoint: latent, mask and
+    /// masked-image latent; detected from the `conv_in` weight).
+    pub fn is_inpainting(&self) -> bool {
+        self.configs.unet.in_channels == in_channels::INPAINT_IN_CHANNELS
     }
 
     /// Every parameter the checkpoint holds for `component`: diffusers name and shape, sorted.

@@ -354,6 +354,7 @@ impl SdxlModel {
             }
         }
         let mut denoiser = CfgDenoiser::new(self, cond, req)?;
+        denoiser.image_cond = self.txt2img_image_cond(req.width, req.height)?;
         // Time ids of the hires pass: the pre-crop upscale size (A1111's SdConditioning).
         let req2 = Txt2ImgRequest {
             width: target.upscale_to_x,
@@ -406,6 +407,11 @@ impl SdxlModel {
             let upscaled = self.hires_upscale(&first, &target, hires.upscaler)?;
             let (ty, tx) = (target.truncate_y as usize, target.truncate_x as usize);
             let init = upscaled.narrow(2, ty / 2, fh)?.narrow(3, tx / 2, fw)?;
+            if denoiser2.image_cond.is_none() {
+                // The same for every image of the batch: made once.
+                denoiser2.image_cond =
+                    self.hires_image_cond(&upscaled, (ty / 2, fh), (tx / 2, fw))?;
+            }
             let noise2 = generator.randn_tensor(&shape2, device)?;
             noise_source.set_shape(&shape2);
             let mut step_cb = |k: usize, _n: usize| -> Result<()> {

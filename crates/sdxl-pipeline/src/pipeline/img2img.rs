@@ -238,6 +238,7 @@ impl SdxlModel {
             .iter()
             .map(|img| self.init_latent(img, params.resize_mode, req.width, req.height))
             .collect::<Result<Vec<_>>>()?;
+        let image_conds = self.img2img_image_conds(params, req.width, req.height)?;
         let encode_ms = synced_ms_since(device, started)?;
 
         let shape = [1, 4, (req.height / 8) as usize, (req.width / 8) as usize];
@@ -267,11 +268,13 @@ impl SdxlModel {
                 }
                 Ok(())
             };
-            let init = &latents[if latents.len() == 1 {
+            let which = if latents.len() == 1 {
                 0
             } else {
                 (i % req.batch_size) as usize
-            }];
+            };
+            let init = &latents[which];
+            denoiser.image_cond = image_conds.get(which).cloned().flatten();
             let latent = sample_img2img(
                 &choice,
                 &self.schedule,

@@ -142,7 +142,7 @@ pub fn a1111_reply(job: &ValidatedJob, out: &JobOutput) -> Value {
         "styles": [],
         "job_timestamp": "",
         "clip_skip": r.clip_skip,
-        "is_using_inpainting_conditioning": false,
+        "is_using_inpainting_conditioning": out.inpainting_conditioning,
         "version": format!("sdxl-worker {}", env!("CARGO_PKG_VERSION")),
         "warnings": out.warnings,
         "timings": out.timings,

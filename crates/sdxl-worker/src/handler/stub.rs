@@ -105,6 +105,7 @@ impl JobHandler for StubHandler {
         let rendered = Rendered {
             images,
             warnings: Vec::new(),
+            inpainting_conditioning: false,
             timings: Timings {
                 total_ms,
                 denoise_ms: total_ms,

@@ -241,6 +241,9 @@ impl ModelRuntime {
             }
             (None, None) => loaded.model.txt2img(&request, &mut on_step, control)?,
         };
+        let inpainting_conditioning = loaded
+            .model
+            .uses_inpainting_conditioning(job.img2img.is_some(), job.hires.as_ref());
         let labels = SamplerLabels {
             sampler: out.sampler.clone(),
             schedule: out.schedule_type.clone(),
@@ -257,6 +260,7 @@ impl ModelRuntime {
         Ok(Rendered {
             images,
             warnings,
+            inpainting_conditioning,
             timings: Timings {
                 load_ms,
                 encode_ms: out.timings.encode_ms as u64,

@@ -56,6 +56,9 @@ pub struct Rendered {
     pub warnings: Vec<String>,
     /// Phase timings.
     pub timings: Timings,
+    /// The render used an inpainting model's image conditioning as A1111 reports it
+    /// (`is_using_inpainting_conditioning`).
+    pub inpainting_conditioning: bool,
 }
 
 impl Rendered {
@@ -73,6 +76,7 @@ impl Rendered {
             infotexts,
             warnings,
             timings: self.timings,
+            inpainting_conditioning: self.inpainting_conditioning,
         }
     }
 }
