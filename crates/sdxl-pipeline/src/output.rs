@@ -77,6 +77,32 @@ impl RgbImage {
     }
 }
 
+/// An 8-bit RGBA image with straight (not premultiplied) alpha (Pillow mode `RGBA`: inpainting
+/// overlays), row-major, `width * height * 4` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbaImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl RgbaImage {
+    /// Wraps a pixel buffer after checking its length.
+    pub fn new(width: u32, height: u32, pixels: Vec<u8>) -> Result<Self> {
+        if pixels.len() != width as usize * height as usize * 4 {
+            return Err(PipelineError::Image(format!(
+                "RGBA buffer of {} bytes does not match {width}x{height}",
+                pixels.len()
+            )));
+        }
+        Ok(Self {
+            width,
+            height,
+            pixels,
+        })
+    }
+}
+
 /// Encoded image formats the worker can return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ImageFormat {
