@@ -23,10 +23,14 @@ use crate::{PipelineError, Result};
 mod hires;
 mod image_conditioning;
 mod img2img;
+mod inpaint;
 
 pub use hires::{upscale_pixels, HiresParams, HiresTarget, HiresUpscaler};
 pub use image_conditioning::DEFAULT_INPAINTING_MASK_WEIGHT;
 pub use img2img::{hires_steps, img2img_steps, Img2ImgParams, DEFAULT_DENOISING_STRENGTH};
+pub use inpaint::{
+    ConditioningSource, InpaintParams, InpaintingFill, BLANK_MASK_WARNING, DEFAULT_MASK_BLUR,
+};
 
 /// Default number of denoising steps.
 pub const DEFAULT_STEPS: u32 = 25;
@@ -135,7 +139,8 @@ pub struct Txt2ImgOutput {
     pub seeds: Vec<u64>,
     /// The variation seed of each image (`subseed + i`).
     pub subseeds: Vec<u64>,
-    /// Infotext pairs of the sampler parameters (`Eta`, `Sigma churn`, ...; A1111 order).
+    /// Infotext pairs of the sampler parameters (`Eta`, `Sigma churn`, ...; A1111 order), then
+    /// img2img's inpainting entries (`Mask blur`, `Inpaint area`, ...).
     pub sampler_infotext: Vec<(String, String)>,
     /// Sampler name for the infotext, e.g. `DPM++ 2M`.
     pub sampler: String,

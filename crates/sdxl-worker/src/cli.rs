@@ -209,6 +209,44 @@ pub struct JobFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_noise_multiplier: Option<f64>,
+    /// Inpainting: a mask file (white = repaint), sent as the job's `mask`; needs --init-image.
+    #[arg(long)]
+    #[serde(skip)]
+    pub mask: Option<PathBuf>,
+    /// Inpainting: mask blur radius for x and y (default 4).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_blur: Option<u32>,
+    /// Inpainting: horizontal mask blur (default 4; --mask-blur overrides it).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_blur_x: Option<u32>,
+    /// Inpainting: vertical mask blur (default 4; --mask-blur overrides it).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_blur_y: Option<u32>,
+    /// Inpainting: masked content, 0 fill, 1 original, 2 latent noise, 3 latent nothing.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inpainting_fill: Option<u8>,
+    /// Inpainting: true = only masked (default), false = whole picture.
+    #[arg(long, action = clap::ArgAction::Set)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inpaint_full_res: Option<bool>,
+    /// Inpainting: only-masked padding in pixels (default 0).
+    #[arg(long)]
+    #[serde(
+        rename = "inpaint_full_res_padding",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inpaint_padding: Option<u32>,
+    /// Inpainting: repaint the black part of the mask instead.
+    #[arg(long)]
+    #[serde(
+        rename = "inpainting_mask_invert",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub mask_invert: bool,
     /// Hires fix: render at width×height, upscale and run a second pass.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -212,6 +212,9 @@ fn job_input(args: &RenderArgs) -> anyhow::Result<Map<String, Value>> {
             crate::render_images::init_images_from_file(path)?,
         );
     }
+    if let Some(path) = &args.job.mask {
+        input.insert("mask".into(), crate::render_images::mask_from_file(path)?);
+    }
     if !input.contains_key("prompt") {
         bail!("--prompt is required (or a job file with --json)");
     }

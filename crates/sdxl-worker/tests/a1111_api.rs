@@ -712,3 +712,108 @@ fn infotext_parser_matches_a1111() {
         assert_eq!(ours, case["parameters"], "infotext {input:?}");
     }
 }
+
+/// What `webuiapi.WebUIApi().img2img(images=[init], mask_image=mask, inpainting_fill=1,
+/// prompt=..., width=64, height=64, steps=2, seed=7)` posts (mix1009/sdwebuiapi `webuiapi.py`:
+/// every keyword default; `b64_img` sends `data:image/png;base64,...`).
+fn webuiapi_inpaint(init_png: &[u8], mask_png: &[u8]) -> Value {
+    let b64 = |b: &[u8]| {
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(b)
+        )
+    };
+    let mut v = json!({
+        "init_images": [b64(init_png)],
+        "resize_mode": 0,
+        "denoising_strength": 0.75,
+        "mask_blur": 4,
+        "inpainting_fill": 1,
+        "inpaint_full_res": true,
+        "inpaint_full_res_padding": 0,
+        "inpainting_mask_invert": 0,
+        "initial_noise_multiplier": 1,
+        "mask": b64(mask_png),
+    });
+    // Two halves: one `json!` of every key exceeds the macro recursion limit.
+    let rest = json!({
+        "prompt": "a red fox",
+        "styles": [],
+        "seed": 7,
+        "subseed": -1,
+        "subseed_strength": 0,
+        "seed_resize_from_h": 0,
+        "seed_resize_from_w": 0,
+        "batch_size": 1,
+        "n_iter": 1,
+        "steps": 2,
+        "cfg_scale": 7.0,
+        "image_cfg_scale": 1.5,
+        "width": 64,
+        "height": 64,
+        "restore_faces": false,
+        "tiling": false,
+        "do_not_save_samples": false,
+        "do_not_save_grid": false,
+        "negative_prompt": "",
+        "eta": 1.0,
+        "s_churn": 0,
+        "s_tmax": 0,
+        "s_tmin": 0,
+        "s_noise": 1,
+        "override_settings": {},
+        "override_settings_restore_afterwards": true,
+        "sampler_name": "Euler a",
+        "sampler_index": "Euler a",
+        "include_init_images": false,
+        "script_name": null,
+        "script_args": [],
+        "send_images": true,
+        "save_images": false,
+        "alwayson_scripts": {},
+    });
+    if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), rest) {
+        obj.extend(more);
+    }
+    v
+}
+
+/// webuiapi's `img2img(mask_image=...)` inpaints through `/sdapi/v1/img2img` on the real
+/// handler: "only masked" returns the init image's size, the pixels far from the mask are the
+/// init image's (A1111's overlay), and the infotext carries A1111's inpainting keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webuiapi_inpainting_succeeds() {
+    let (base, _cache) = start_api().await;
+    let fx = fixtures();
+    let init = std::fs::read(fx.join("img2img/init.png")).unwrap();
+    let mask = std::fs::read(fx.join("inpaint/mask.png")).unwrap();
+    let (s, v) = post(&format!("{base}/img2img"), &webuiapi_inpaint(&init, &mask)).await;
+    assert_eq!(s, 200, "{v}");
+    let out = image::load_from_memory(&png_of(&v["images"][0]))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!((out.width(), out.height()), (80, 56));
+    let src = image::load_from_memory(&init).unwrap().to_rgb8();
+    // Column 0..8 is far outside the blurred mask (its box starts at x = 29).
+    for y in 0..56 {
+        for x in 0..8 {
+            assert_eq!(out.get_pixel(x, y), src.get_pixel(x, y), "({x}, {y})");
+        }
+    }
+    let info: Value = serde_json::from_str(v["info"].as_str().unwrap()).unwrap();
+    let text = info["infotexts"][0].as_str().unwrap();
+    for key in [
+        "Mask blur: 4",
+        "Inpaint area: Only masked",
+        "Masked area padding: 0",
+    ] {
+        assert!(text.contains(key), "{key} in {text}");
+    }
+    assert!(!text.contains("Masked content"), "{text}");
+    // An out-of-range inpainting option is refused, naming the field.
+    let mut bad = webuiapi_inpaint(&init, &mask);
+    bad["inpainting_fill"] = json!(7);
+    let (s, v) = post(&format!("{base}/img2img"), &bad).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("inpainting_fill"), "{v}");
+}

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::inpaint::{InpaintParams, InpaintSetup, MaskedDenoiser};
 use super::{
     check_request, synced_ms_since, CfgDenoiser, SdxlModel, StepProgress, Timings, Txt2ImgOutput,
     Txt2ImgRequest,
@@ -34,6 +35,8 @@ pub struct Img2ImgParams {
     pub resize_mode: ResizeMode,
     /// A1111 `initial_noise_multiplier` (1 = off).
     pub initial_noise_multiplier: f64,
+    /// Inpainting (a mask and its options), SPEC §13.
+    pub mask: Option<InpaintParams>,
 }
 
 impl Img2ImgParams {
@@ -44,6 +47,7 @@ impl Img2ImgParams {
             denoising_strength: DEFAULT_DENOISING_STRENGTH,
             resize_mode: ResizeMode::JustResize,
             initial_noise_multiplier: 1.0,
+            mask: None,
         }
     }
 }
@@ -193,23 +197,40 @@ impl SdxlModel {
         let image_seeds = req.variation.image_seeds(req.seed, count);
         let seeds: Vec<u64> = image_seeds.iter().map(|s| s.0).collect();
         let subseeds: Vec<u64> = image_seeds.iter().map(|s| s.1).collect();
+        let inpaint = InpaintSetup::new(
+            params.mask.as_ref(),
+            &params.init_images,
+            params.resize_mode,
+            req.width,
+            req.height,
+        )?;
+        let mut sampler_infotext = choice.extra_infotext.clone();
+        sampler_infotext.extend(inpaint.infotext.iter().cloned());
         if params.denoising_strength == 0.0 {
-            // Our rule: nothing to denoise, the (resized) input comes back unchanged.
+            // Our rule: nothing to denoise, the (resized) input comes back unchanged ("only
+            // masked" inpainting: the init image, A1111's output size there).
             let mode = match params.resize_mode {
                 ResizeMode::LatentUpscale => ResizeMode::JustResize,
                 m => m,
             };
+            let keep = inpaint.mask.as_ref().is_some_and(|m| m.crop.is_some());
             let images = (0..count)
-                .map(|i| image_ops::resize_image(mode, pick(i), req.width, req.height))
+                .map(|i| {
+                    if keep {
+                        Ok(pick(i).clone())
+                    } else {
+                        image_ops::resize_image(mode, pick(i), req.width, req.height)
+                    }
+                })
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Txt2ImgOutput {
                 images,
                 seeds,
                 subseeds,
-                sampler_infotext: choice.extra_infotext.clone(),
+                sampler_infotext,
                 sampler: choice.infotext_sampler.clone(),
                 schedule_type: choice.infotext_schedule.clone(),
-                warnings: Vec::new(),
+                warnings: inpaint.warnings,
                 used_embeddings: Vec::new(),
                 timings: Timings::default(),
             });
@@ -230,15 +251,50 @@ impl SdxlModel {
                 hires_base_steps: None,
             },
         )?;
-        let (warnings, used_embeddings) = (cond.warnings.clone(), cond.used_embeddings.clone());
+        let (mut warnings, used_embeddings) = (cond.warnings.clone(), cond.used_embeddings.clone());
+        warnings.extend(inpaint.warnings.iter().cloned());
         let mut denoiser = CfgDenoiser::new(self, cond, req)?;
         let device = &self.options.device;
-        let latents = params
-            .init_images
-            .iter()
-            .map(|img| self.init_latent(img, params.resize_mode, req.width, req.height))
-            .collect::<Result<Vec<_>>>()?;
-        let image_conds = self.img2img_image_conds(params, req.width, req.height)?;
+        let masked = inpaint.images(
+            &params.init_images,
+            params.resize_mode,
+            req.width,
+            req.height,
+        )?;
+        let latents = match &masked {
+            Some(images) => images
+                .iter()
+                .map(|m| self.encode(&m.source.image))
+                .collect::<Result<Vec<_>>>()?,
+            None => params
+                .init_images
+                .iter()
+                .map(|img| self.init_latent(img, params.resize_mode, req.width, req.height))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let latent_mask = inpaint.latent_mask(req.width, req.height, device)?;
+        // A 9-channel (inpainting) UNet is conditioned on each prepared image and its mask
+        // (A1111 `img2img_image_conditioning(image * 2 - 1, init_latent, image_mask)`).
+        let image_conds = match &masked {
+            Some(images) if self.is_inpainting() => {
+                let (lh, lw) = ((req.height / 8) as usize, (req.width / 8) as usize);
+                images
+                    .iter()
+                    .map(|m| {
+                        self.inpainting_conditioning(
+                            &m.source.image,
+                            Some(&m.source.image_mask),
+                            lh,
+                            lw,
+                            super::DEFAULT_INPAINTING_MASK_WEIGHT,
+                        )
+                        .map(Some)
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            Some(images) => vec![None; images.len()],
+            None => self.img2img_image_conds(params, req.width, req.height)?,
+        };
         let encode_ms = synced_ms_since(device, started)?;
 
         let shape = [1, 4, (req.height / 8) as usize, (req.width / 8) as usize];
@@ -251,11 +307,13 @@ impl SdxlModel {
                 return Err(PipelineError::Cancelled);
             }
             let t0 = Instant::now();
-            let mut noise = req.variation.noise_tensor(seed, subseed, &shape, device)?;
+            let seed_noise = req.variation.noise_tensor(seed, subseed, &shape, device)?;
             denoiser.restart();
-            if params.initial_noise_multiplier != 1.0 {
-                noise = noise.affine(params.initial_noise_multiplier, 0.0)?;
-            }
+            let noise = if params.initial_noise_multiplier != 1.0 {
+                seed_noise.affine(params.initial_noise_multiplier, 0.0)?
+            } else {
+                seed_noise.clone()
+            };
             let mut noise_source = TorchNoiseSource::new(seed, &shape, device);
             let mut step_cb = |k: usize, _: usize| -> Result<()> {
                 on_step(StepProgress {
@@ -273,29 +331,53 @@ impl SdxlModel {
             } else {
                 (i % req.batch_size) as usize
             };
-            let init = &latents[which];
             denoiser.image_cond = image_conds.get(which).cloned().flatten();
-            let latent = sample_img2img(
+            // Inpainting: the fill modes' init latent (latent noise uses the seed's noise, as
+            // A1111's `create_random_tensors(all_seeds)`) and the mask blend of every call.
+            let init = match &latent_mask {
+                Some(lm) => lm.fill_latent(inpaint.fill, &latents[which], &seed_noise)?,
+                None => latents[which].clone(),
+            };
+            let mut masked_denoiser;
+            let den: &mut dyn Denoiser = match &latent_mask {
+                Some(lm) => {
+                    masked_denoiser = MaskedDenoiser {
+                        inner: &mut denoiser,
+                        init_latent: &init,
+                        mask: lm,
+                    };
+                    &mut masked_denoiser
+                }
+                None => &mut denoiser,
+            };
+            let mut latent = sample_img2img(
                 &choice,
                 &self.schedule,
-                &mut denoiser,
-                init,
+                den,
+                &init,
                 &noise,
                 steps,
                 t_enc,
                 &mut noise_source,
                 &mut step_cb,
             )?;
+            if let Some(lm) = &latent_mask {
+                latent = lm.blend(&latent, &init)?;
+            }
             denoise_ms += synced_ms_since(device, t0)?;
             let t1 = Instant::now();
-            images.push(self.decode(&latent)?);
+            let mut image = self.decode(&latent)?;
+            if let (Some(m), Some(prepared)) = (&inpaint.mask, &masked) {
+                image = super::inpaint::finish_image(&image, m, &prepared[which].overlay)?;
+            }
+            images.push(image);
             decode_ms += synced_ms_since(device, t1)?;
         }
         Ok(Txt2ImgOutput {
             images,
             seeds,
             subseeds,
-            sampler_infotext: choice.extra_infotext.clone(),
+            sampler_infotext,
             sampler: choice.infotext_sampler.clone(),
             schedule_type: choice.infotext_schedule.clone(),
             warnings,

@@ -1,6 +1,6 @@
 //! `POST /sdapi/v1/img2img` (A1111 `StableDiffusionImg2ImgProcessingAPI`): the txt2img request
 //! shape plus `init_images` (required), `denoising_strength`, `resize_mode`, ...; same queue,
-//! reply `{images, parameters, info}`. Inpainting (`mask`) is refused by the job schema.
+//! reply `{images, parameters, info}`; with `mask` it inpaints (SPEC §13).
 
 use std::sync::Arc;
 

@@ -1,7 +1,8 @@
 //! SPEC §13 job fields: img2img (`init_images`/`init_image`, `denoising_strength`,
-//! `resize_mode`, `initial_noise_multiplier`) and the txt2img hires fix (`enable_hr`, `hr_*`).
-//! Inpainting (`mask`) is refused; the other inpainting fields A1111 clients always send are
-//! accepted and have no effect without a mask.
+//! `resize_mode`, `initial_noise_multiplier`), inpainting (`mask` and its options, read by
+//! [`mask_fields`]) and the txt2img hires fix (`enable_hr`, `hr_*`).
+
+mod mask_fields;
 
 use sdxl_pipeline::image_ops::{decode_image_field, ImageLimits, ResizeMode};
 use sdxl_pipeline::pipeline::{
@@ -64,12 +65,6 @@ pub(super) fn read(
     height: u32,
     batch_size: u32,
 ) -> ImageFields {
-    if c.get(&["mask"]).is_some() {
-        c.problem(
-            "`mask`: inpainting is not supported by this worker (img2img without a mask is)"
-                .to_string(),
-        );
-    }
     if let Some(name) = c.string(&["hr_checkpoint_name"], 1000) {
         if !name.is_empty() && name != "Use same checkpoint" {
             c.problem("`hr_checkpoint_name`: a different hires checkpoint is not supported".into());
@@ -85,7 +80,15 @@ pub(super) fn read(
         }
     }
     let strength = c.number(&["denoising_strength"], 0.0, 1.0);
-    let img2img = read_img2img(c, catalog, width, height, batch_size, strength);
+    let mut img2img = read_img2img(c, catalog, width, height, batch_size, strength);
+    let mask = mask_fields::read(c);
+    match (&mut img2img, mask) {
+        (Some(p), mask) => p.mask = mask,
+        (None, Some(_)) => c.problem(
+            "`mask` needs an init image (`init_images`): inpainting repaints part of it".into(),
+        ),
+        (None, None) => {}
+    }
     let enable_hr = match c.get(&["enable_hr"]) {
         None => false,
         Some((_, Value::Bool(b))) => *b,
@@ -203,6 +206,7 @@ fn read_img2img(
         denoising_strength: strength.unwrap_or(DEFAULT_DENOISING_STRENGTH),
         resize_mode,
         initial_noise_multiplier: multiplier,
+        mask: None,
     })
 }
 
@@ -330,6 +334,18 @@ pub(super) fn parameters(
             json!(p.initial_noise_multiplier),
         );
         params.insert("init_images_count".into(), json!(p.init_images.len()));
+        if let Some(m) = &p.mask {
+            params.insert(
+                "mask_size".into(),
+                json!(format!("{}x{}", m.mask.width, m.mask.height)),
+            );
+            params.insert("mask_blur_x".into(), json!(m.mask_blur_x));
+            params.insert("mask_blur_y".into(), json!(m.mask_blur_y));
+            params.insert("inpainting_fill".into(), json!(m.fill));
+            params.insert("inpaint_full_res".into(), json!(m.full_res));
+            params.insert("inpaint_full_res_padding".into(), json!(m.full_res_padding));
+            params.insert("inpainting_mask_invert".into(), json!(u8::from(m.invert)));
+        }
     }
     if let Some(h) = hires {
         let t = HiresTarget::new(request.width, request.height, h);

@@ -82,7 +82,7 @@ fn no_refiner(c: &Context<'_>) -> bool {
 
 const HIRES: &str =
     "this hires-fix option (a first-pass image, a second checkpoint, firstphase sizes) is not available on this worker";
-const IMG2IMG: &str = "inpainting (a mask) is not available on this worker yet";
+const IMG2IMG: &str = "the image CFG scale of InstructPix2Pix models is not available";
 
 /// Every refused field. Edit this table (and only this one) when a field gets implemented.
 pub const REFUSALS: &[Refusal] = &[
@@ -159,47 +159,7 @@ pub const REFUSALS: &[Refusal] = &[
         inert: by_parent,
         why: HIRES,
     },
-    // Image to image and inpainting.
-    Refusal {
-        field: "mask",
-        inert: inert_values!("mask", [""]),
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "mask_blur",
-        inert: by_parent,
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "mask_blur_x",
-        inert: by_parent,
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "mask_blur_y",
-        inert: by_parent,
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "inpainting_fill",
-        inert: by_parent,
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "inpaint_full_res",
-        inert: by_parent,
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "inpaint_full_res_padding",
-        inert: by_parent,
-        why: IMG2IMG,
-    },
-    Refusal {
-        field: "inpainting_mask_invert",
-        inert: by_parent,
-        why: IMG2IMG,
-    },
+    // InstructPix2Pix's image CFG scale only matters for edit models, which SDXL lacks.
     Refusal {
         field: "image_cfg_scale",
         inert: by_parent,
