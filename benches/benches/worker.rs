@@ -41,6 +41,7 @@ fn output_of(validated: &ValidatedJob, png: &[u8]) -> JobOutput {
             seed: validated.request.seed,
         }],
         warnings: Vec::new(),
+        inpainting_conditioning: false,
         timings: Timings::default(),
     }
     .into_job_output(validated)
