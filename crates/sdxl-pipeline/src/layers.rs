@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use crate::conv::Conv2d;
 use candle_core::{CpuStorage, DType, DeviceLocation, Layout, Module, Shape, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 use rayon::prelude::*;
 
 /// Largest normalised row (elements) whose unit scale / zero shift are cached between calls;
@@ -306,7 +307,7 @@ impl ResnetBlock {
             ..Default::default()
         };
         let conv_shortcut = if inp != out {
-            Some(candle_nn::conv2d(
+            Some(crate::conv::conv2d(
                 inp,
                 out,
                 1,
@@ -322,9 +323,9 @@ impl ResnetBlock {
         };
         Ok(Self {
             norm1: GroupNorm::new(cfg.groups, inp, cfg.eps, vb.pp("norm1"))?,
-            conv1: candle_nn::conv2d(inp, out, 3, conv3, vb.pp("conv1"))?,
+            conv1: crate::conv::conv2d(inp, out, 3, conv3, vb.pp("conv1"))?,
             norm2: GroupNorm::new(cfg.groups, out, cfg.eps, vb.pp("norm2"))?,
-            conv2: candle_nn::conv2d(out, out, 3, conv3, vb.pp("conv2"))?,
+            conv2: crate::conv::conv2d(out, out, 3, conv3, vb.pp("conv2"))?,
             time_emb_proj,
             conv_shortcut,
             output_scale_factor: cfg.output_scale_factor,

@@ -6,6 +6,7 @@
 //! This crate knows nothing of HTTP, RunPod or CivitAI.
 
 pub mod checkpoint;
+mod conv;
 pub mod device;
 pub mod embedding;
 pub mod error;

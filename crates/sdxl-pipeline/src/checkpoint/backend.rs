@@ -175,6 +175,10 @@ impl ComponentBackend {
                 let delta = delta.to_dtype(DType::F32)?.to_device(dev)?;
                 (t.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?
             }
+            None if dtype == DType::F32 => match super::upcast::f16_to_f32(&t)? {
+                Some(up) => up,
+                None => t.to_dtype(dtype)?,
+            },
             None => t.to_dtype(dtype)?,
         };
         Ok(self.record(name, t))

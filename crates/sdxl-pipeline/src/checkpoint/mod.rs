@@ -9,6 +9,7 @@ mod host_alloc;
 mod in_channels;
 mod merge;
 mod names;
+mod upcast;
 mod vae_file;
 
 use std::collections::HashMap;

@@ -279,7 +279,7 @@ impl BasicTransformerBlock {
 #[derive(Debug)]
 enum Projection {
     Linear(Linear),
-    Conv(candle_nn::Conv2d),
+    Conv(crate::conv::Conv2d),
 }
 
 impl Projection {
@@ -287,7 +287,7 @@ impl Projection {
         Ok(if linear {
             Self::Linear(candle_nn::linear(inp, out, vb)?)
         } else {
-            Self::Conv(candle_nn::conv2d(inp, out, 1, Default::default(), vb)?)
+            Self::Conv(crate::conv::conv2d(inp, out, 1, Default::default(), vb)?)
         })
     }
 }

@@ -5,8 +5,9 @@
 //! The text context enters as per-job cross-attention keys/values ([`ContextKv`], one `Vec` per
 //! transformer in forward order) and the time embedding as SiLU(temb), computed once per call.
 
+use crate::conv::Conv2d;
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::attention::{ContextKv, Transformer2D, Transformer2DConfig};
 use crate::layers::{ResnetBlock, ResnetConfig};
@@ -121,7 +122,7 @@ impl DownBlock {
                     padding,
                     ..Default::default()
                 };
-                Some(candle_nn::conv2d(
+                Some(crate::conv::conv2d(
                     out,
                     out,
                     3,
@@ -265,7 +266,7 @@ impl UpBlock {
                 padding: 1,
                 ..Default::default()
             };
-            Some(candle_nn::conv2d(
+            Some(crate::conv::conv2d(
                 ch.out,
                 ch.out,
                 3,

@@ -9,8 +9,9 @@ mod embeddings;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::conv::Conv2d;
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 pub use attention::{flash_attention_built, set_flash_attention};
 pub use config::{PerLevel, UNetConfig};
@@ -163,7 +164,7 @@ impl SdxlUNet {
                 layout.projection_input_dim,
                 layout.time_embed_dim,
             )?,
-            conv_in: candle_nn::conv2d(cfg.in_channels, first, 3, conv3, vb.pp("conv_in"))?,
+            conv_in: crate::conv::conv2d(cfg.in_channels, first, 3, conv3, vb.pp("conv_in"))?,
             down_blocks,
             mid_block,
             up_blocks,
@@ -173,7 +174,7 @@ impl SdxlUNet {
                 cfg.norm_eps,
                 vb.pp("conv_norm_out"),
             )?,
-            conv_out: candle_nn::conv2d(first, cfg.out_channels, 3, conv3, vb.pp("conv_out"))?,
+            conv_out: crate::conv::conv2d(first, cfg.out_channels, 3, conv3, vb.pp("conv_out"))?,
             in_channels: cfg.in_channels,
             context_dim: cfg.cross_attention_dim,
             text_embeds_dim,

@@ -2,8 +2,9 @@
 //! on the fused GroupNorm of [`crate::layers`], with the mid-block attention computed in query
 //! slices so its score matrix never exceeds [`ATTENTION_SLICE_ELEMENTS`].
 
+use crate::conv::Conv2d;
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
 use super::{VaeConfig, VAE_EPS};
 use crate::layers::{GroupNorm, ResnetBlock, ResnetConfig};
@@ -18,7 +19,7 @@ fn conv3(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Conv2d> 
         padding: 1,
         ..Default::default()
     };
-    candle_nn::conv2d(inp, out, 3, cfg, vb)
+    crate::conv::conv2d(inp, out, 3, cfg, vb)
 }
 
 /// A `[C, C]` linear stored as `[C, C]` or as a 1×1 conv `[C, C, 1, 1]` (old VAE files).

@@ -6,8 +6,9 @@ mod decoder;
 mod encode;
 mod tiled;
 
+use crate::conv::Conv2d;
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
     DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
 };
@@ -52,7 +53,7 @@ fn conv3(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Conv2d> 
         padding: 1,
         ..Default::default()
     };
-    candle_nn::conv2d(inp, out, 3, cfg, vb)
+    crate::conv::conv2d(inp, out, 3, cfg, vb)
 }
 
 fn mid_block(
@@ -135,7 +136,7 @@ impl AutoencoderKl {
             _ => return Err(PipelineError::InvalidConfig("vae: no levels".into())),
         };
         let lat = cfg.latent_channels;
-        let conv1 = |vb: VarBuilder, c: usize| candle_nn::conv2d(c, c, 1, Default::default(), vb);
+        let conv1 = |vb: VarBuilder, c: usize| crate::conv::conv2d(c, c, 1, Default::default(), vb);
         Ok(Self {
             encoder: Coder::<DownEncoderBlock2D>::new(vb.pp("encoder"), cfg, first, last)?,
             decoder: Decoder::new(vb.pp("decoder"), cfg, first, last)?,
