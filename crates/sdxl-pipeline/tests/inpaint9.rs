@@ -292,3 +292,29 @@ fn latent_resize_mode_is_refused_on_an_inpainting_model() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("resize_mode 3"), "{err}");
 }
+
+/// A mask on the 9-channel model: the mask-aware image conditioning (masked image latent +
+/// the job-size mask) together with the latent blend after every call and the overlay
+/// (`cases.json` "inpaint_masked": blur 0, fill 1 original, whole picture, strength 0.75).
+#[test]
+fn masked_inpainting_on_an_inpainting_model_matches_a1111() {
+    use sdxl_pipeline::pipeline::{InpaintParams, InpaintingFill};
+    let model = inpaint_model();
+    let mut params = Img2ImgParams::new(vec![rgb(&fixture("inpaint9/init.png"))]);
+    params.denoising_strength = 0.75;
+    let mut mask = InpaintParams::new(gray(&fixture("inpaint9/mask.png")));
+    mask.mask_blur_x = 0;
+    mask.mask_blur_y = 0;
+    mask.fill = InpaintingFill::Original;
+    mask.full_res = false;
+    params.mask = Some(mask);
+    let out = model
+        .img2img(
+            &request("Euler", 6, 11),
+            &params,
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+    check_render("inpaint_masked", &out.images[0]);
+}
