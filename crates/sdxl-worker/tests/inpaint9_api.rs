@@ -4,6 +4,8 @@
 //! bar of `img2img_renders.rs`: PSNR ≥ 60 dB, max |Δ| ≤ 2), and the reply's
 //! `is_using_inpainting_conditioning` is A1111's (false for SDXL txt2img, true for img2img).
 
+mod render_support;
+
 use base64::Engine as _;
 use sdxl_worker::api::{self, ApiConfig};
 use sdxl_worker::handler::JobHandler;
@@ -77,24 +79,6 @@ async fn post(url: &str, body: &Value) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
-fn psnr_and_max(a: &[u8], b: &[u8]) -> (f64, u8) {
-    assert_eq!(a.len(), b.len());
-    let mut se = 0f64;
-    let mut max = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        let d = x.abs_diff(*y);
-        max = max.max(d);
-        se += f64::from(d) * f64::from(d);
-    }
-    let mse = se / a.len() as f64;
-    let psnr = if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    };
-    (psnr, max)
-}
-
 /// The first image of an A1111 reply against `tests/fixtures/inpaint9/<name>.png`.
 fn check_image(reply: &Value, name: &str) {
     let b64 = reply["images"][0].as_str().expect("images[0]");
@@ -106,10 +90,10 @@ fn check_image(reply: &Value, name: &str) {
         .unwrap()
         .to_rgb8();
     assert_eq!(ours.dimensions(), want.dimensions(), "{name}: size");
-    let (psnr, max) = psnr_and_max(want.as_raw(), ours.as_raw());
+    let (psnr, max) = render_support::psnr_and_max(want.as_raw(), ours.as_raw());
     eprintln!("{name} (A1111 route): PSNR {psnr:.2} dB, max |Δ| {max}");
     assert!(
-        psnr >= 60.0 && max <= 2,
+        psnr >= render_support::MIN_PSNR_DB && max <= render_support::MAX_ABS_DELTA,
         "{name}: PSNR {psnr:.2} dB, max |Δ| {max}"
     );
 }
