@@ -91,38 +91,10 @@ pub fn expand_crop_region(
     let ratio_processing = f64::from(processing_width) / f64::from(processing_height);
     if ratio_crop_region > ratio_processing {
         let desired_height = (x2 - x1) as f64 / ratio_processing;
-        let diff = (desired_height - (y2 - y1) as f64) as i64;
-        y1 -= diff.div_euclid(2);
-        y2 += diff - diff.div_euclid(2);
-        if y2 >= ih {
-            let d = y2 - ih;
-            y2 -= d;
-            y1 -= d;
-        }
-        if y1 < 0 {
-            y2 -= y1;
-            y1 = 0;
-        }
-        if y2 >= ih {
-            y2 = ih;
-        }
+        (y1, y2) = widen_axis(y1, y2, desired_height, ih);
     } else {
         let desired_width = (y2 - y1) as f64 * ratio_processing;
-        let diff = (desired_width - (x2 - x1) as f64) as i64;
-        x1 -= diff.div_euclid(2);
-        x2 += diff - diff.div_euclid(2);
-        if x2 >= iw {
-            let d = x2 - iw;
-            x2 -= d;
-            x1 -= d;
-        }
-        if x1 < 0 {
-            x2 -= x1;
-            x1 = 0;
-        }
-        if x2 >= iw {
-            x2 = iw;
-        }
+        (x1, x2) = widen_axis(x1, x2, desired_width, iw);
     }
     let c = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
     CropRegion {
@@ -174,6 +146,27 @@ pub fn crop_gray(img: &GrayImage, r: CropRegion) -> GrayImage {
         height: r.height(),
         pixels: crop_bytes(&img.pixels, img.width, img.height, 1, r),
     }
+}
+
+/// One axis of `expand_crop_region`: widen `[lo, hi)` to `desired` (Python `int` of the float
+/// difference, half on each side with floor division), shift it back inside `[0, limit]`.
+fn widen_axis(mut lo: i64, mut hi: i64, desired: f64, limit: i64) -> (i64, i64) {
+    let diff = (desired - (hi - lo) as f64) as i64;
+    lo -= diff.div_euclid(2);
+    hi += diff - diff.div_euclid(2);
+    if hi >= limit {
+        let d = hi - limit;
+        hi -= d;
+        lo -= d;
+    }
+    if lo < 0 {
+        hi -= lo;
+        lo = 0;
+    }
+    if hi >= limit {
+        hi = limit;
+    }
+    (lo, hi)
 }
 
 #[cfg(test)]
